@@ -1,0 +1,98 @@
+// Element types that cross the Python boundary, and exact host conversions for the
+// 16-bit ones (round to nearest even, as torch does).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "check.h"
+
+namespace illada {
+
+enum class DType : int { Float32 = 0, BFloat16 = 1, Float16 = 2, Int64 = 3, Int32 = 4, Bool = 5, Float64 = 6 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::Float32: return "float32";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float16: return "float16";
+    case DType::Int64: return "int64";
+    case DType::Int32: return "int32";
+    case DType::Bool: return "bool";
+    case DType::Float64: return "float64";
+  }
+  return "unknown";
+}
+
+inline bool is_floating(DType t) {
+  return t == DType::Float32 || t == DType::BFloat16 || t == DType::Float16;
+}
+
+inline uint32_t float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+
+inline float bf16_to_float(uint16_t h) { return bits_float(uint32_t(h) << 16); }
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return uint16_t(u >> 16);
+}
+
+inline float fp16_to_float(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (man << 13));  // inf / NaN
+  if (exp == 0) {
+    if (man == 0) return bits_float(sign);
+    // subnormal: value = man * 2^-24
+    float v = float(man) * (1.0f / 16777216.0f);
+    return sign ? -v : v;
+  }
+  return bits_float(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+inline uint16_t float_to_fp16(float f) {
+  uint32_t u = float_bits(f);
+  uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u);               // NaN
+  if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);              // overflow -> inf (>= 65520)
+  if (a < 0x38800000u) {                                              // below the smallest normal 2^-14
+    // subnormal or zero: scale to units of 2^-24 and round to nearest even
+    float v = bits_float(a) * 16777216.0f;
+    float r = __builtin_nearbyintf(v);  // default rounding mode: nearest even
+    return uint16_t(sign | uint16_t(r));
+  }
+  uint32_t rounded = a + 0xfffu + ((a >> 13) & 1u);
+  return uint16_t(sign | uint16_t((rounded - 0x38000000u) >> 13));
+}
+
+// Host element types for templated CPU kernels: load as float, store rounded.
+struct bf16_t { uint16_t bits; };
+struct fp16_t { uint16_t bits; };
+
+inline float to_float(float v) { return v; }
+inline float to_float(bf16_t v) { return bf16_to_float(v.bits); }
+inline float to_float(fp16_t v) { return fp16_to_float(v.bits); }
+
+template <class T> inline T from_float(float v);
+template <> inline float from_float<float>(float v) { return v; }
+template <> inline bf16_t from_float<bf16_t>(float v) { return bf16_t{float_to_bf16(v)}; }
+template <> inline fp16_t from_float<fp16_t>(float v) { return fp16_t{float_to_fp16(v)}; }
+
+// Round a float to the precision of T (what torch does between two ops in T).
+template <class T> inline float round_to(float v) { return to_float(from_float<T>(v)); }
+
+}  // namespace illada
+
+// ILLADA_DISPATCH_FLOAT(dtype, T, ...): run the body with T the host element type.
+#define ILLADA_DISPATCH_FLOAT(dtype, T, ...)                                         \
+  [&] {                                                                             \
+    switch (dtype) {                                                                \
+      case ::illada::DType::Float32: { using T = float; return __VA_ARGS__(); }      \
+      case ::illada::DType::BFloat16: { using T = ::illada::bf16_t; return __VA_ARGS__(); } \
+      case ::illada::DType::Float16: { using T = ::illada::fp16_t; return __VA_ARGS__(); }  \
+      default: ILLADA_CHECK(false, "unsupported dtype " << ::illada::dtype_name(dtype)); \
+    }                                                                               \
+  }()

@@ -1,0 +1,54 @@
+"""Build illada_rt and its extension illada_rt._C through CMake + Ninja.
+
+Environment:
+  ILLADA_CPU_ONLY=1              build without CUDA even where nvcc is found
+  ILLADA_CUDA_ARCHS="80;89;90a"  CUDA architectures
+  MAX_JOBS=N                     parallel compile jobs
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        import pybind11
+
+        out_path = os.path.abspath(self.get_ext_fullpath(ext.name))
+        build_dir = os.path.join(ROOT, "build", f"cmake-{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+        os.makedirs(build_dir, exist_ok=True)
+        cpu_only = os.environ.get("ILLADA_CPU_ONLY", "0").lower() in ("1", "on", "true", "yes")
+        args = [
+            "cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DILLADA_CPU_ONLY={'ON' if cpu_only else 'OFF'}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if os.environ.get("ILLADA_CUDA_ARCHS"):
+            args.append(f"-DILLADA_CUDA_ARCHS={os.environ['ILLADA_CUDA_ARCHS']}")
+        if not shutil.which("nvcc") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+            args.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
+        subprocess.check_call(args)
+        jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
+        subprocess.check_call(["cmake", "--build", build_dir, "--target", "_C", "-j", jobs])
+        built = [f for f in os.listdir(build_dir) if f.startswith("_C") and f.endswith((".so", ".pyd"))]
+        if len(built) != 1:
+            raise RuntimeError(f"expected one built _C module in {build_dir}, found {built}")
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        shutil.copyfile(os.path.join(build_dir, built[0]), out_path)
+
+
+setup(ext_modules=[CMakeExtension("illada_rt._C")], cmdclass={"build_ext": CMakeBuild})
