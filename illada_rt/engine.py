@@ -44,7 +44,7 @@ def _resolve_dtype(dtype) -> torch.dtype:
 
 
 class Engine:
-    def __init__(self, model: LLaDAModel, model_dir: str):
+    def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.model_dir = model_dir

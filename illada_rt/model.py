@@ -7,7 +7,7 @@ the output projection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,26 +37,33 @@ class LLaDAModel:
 
     @classmethod
     def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype) -> "LLaDAModel":
-        """Pack weights layer by layer while streaming them from the checkpoint."""
-        pending, layers, top = {}, [], {}
-        for name, t in iter_weights(model_dir, cfg, dtype):
+        """Stream the weights from a checkpoint directory (see loader.iter_weights)."""
+        return cls.from_weights(cfg, iter_weights(model_dir, cfg, dtype))
+
+    @classmethod
+    def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]]) -> "LLaDAModel":
+        """Pack (public name, tensor) pairs layer by layer as they arrive: a layer's
+        tensors are concatenated once all nine are in, so at most one layer is held twice."""
+        pending, layers, top = {}, {}, {}
+        for name, t in named:
             if not name.startswith(PREFIX + "blocks."):
                 top[name[len(PREFIX):]] = t
                 continue
             idx, leaf = name[len(PREFIX + "blocks."):].split(".", 1)
             group = pending.setdefault(int(idx), {})
             group[leaf] = t
-            if len(group) == 9:  # all of this layer's tensors are in: pack them
+            if len(group) == 9:
                 g = pending.pop(int(idx))
-                layers.append((int(idx), LayerWeights(
+                layers[int(idx)] = LayerWeights(
                     attn_norm=g["attn_norm.weight"],
                     wqkv=torch.cat([g["q_proj.weight"], g["k_proj.weight"], g["v_proj.weight"]]),
                     wo=g["attn_out.weight"], ff_norm=g["ff_norm.weight"],
                     w_gate_up=torch.cat([g["ff_proj.weight"], g["up_proj.weight"]]),
-                    w_down=g["ff_out.weight"])))
-        layers = [w for _, w in sorted(layers, key=lambda p: p[0])]
+                    w_down=g["ff_out.weight"])
+        if pending or sorted(layers) != list(range(cfg.n_layers)):
+            raise ValueError(f"incomplete layers: have {sorted(layers)}, partial {sorted(pending)}")
         head = top["wte.weight"] if cfg.weight_tying else top["ff_out.weight"]
-        return cls(cfg, top["wte.weight"], layers, top["ln_f.weight"], head)
+        return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
                rows: Optional[slice]) -> torch.Tensor:
