@@ -6,7 +6,7 @@ namespace py = pybind11;
 
 namespace illada {
 
-static void remask(const TensorArg& logits, const TensorArg* uncond, float cfg_scale, int64_t vocab,
+static void remask(const TensorArg& logits, const TensorArg* uncond, double cfg_scale, int64_t vocab,
                    const TensorArg& tokens, int64_t block_start, int64_t mask_id, double temperature,
                    const TensorArg& seeds, const TensorArg& row_offset, const TensorArg& step,
                    const std::string& remasking, const TensorArg* k, double threshold,

@@ -23,7 +23,7 @@ struct Choice {
 template <class T>
 Choice choose_row(const RemaskParams& p, const T* cond, const T* un, std::vector<float>& l,
                   int64_t b, int64_t position) {
-  const float w = float(double(p.cfg_scale) + 1.0);
+  const float w = float(p.cfg_scale + 1.0);
   for (int64_t v = 0; v < p.vocab; ++v) {
     float c = to_float(cond[v]);
     if (un) {

@@ -24,7 +24,7 @@ struct RemaskParams {
   int64_t logits_sb = 0, logits_sl = 0;
   DType logits_dtype = DType::Float32;
   int64_t vocab = 0;                // entries considered per row (padded rows beyond are ignored)
-  float cfg_scale = 0.0f;
+  double cfg_scale = 0.0;           // weight (cfg_scale + 1) is rounded to float32 once, as torch does
 
   int64_t* tokens = nullptr;        // [batch, tokens_len] in/out, row stride tokens_sb
   int64_t tokens_sb = 0, tokens_len = 0;
@@ -37,7 +37,7 @@ struct RemaskParams {
   const int64_t* step = nullptr;        // [batch] denoising step index (RNG counter)
   RemaskMode mode = RemaskMode::LowConfidence;
 
-  const int64_t* k = nullptr;       // [batch] tokens to transfer; null: threshold rule
+  const int64_t* k = nullptr;       // [batch] tokens to transfer (negative counts as 0); null: threshold rule
   double threshold = 1.0;
 
   int64_t* x0 = nullptr;            // optional out [batch, block_len]: chosen token (-1 if not masked)
