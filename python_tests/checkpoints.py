@@ -12,6 +12,7 @@ import os
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 LAYOUTS = {
     "llada": dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=96, vocab_size=250,
@@ -75,4 +76,26 @@ def write_checkpoint(path: str, layout: str = "llada", shards: int = 1, dtype=to
         weight_map.update({n: fname for n in part})
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    return cfg
+
+
+# A word-level tokenizer for text tests: special tokens first, then "w0".."w199".
+WORDS = ["<pad>", "<eos>", "<bos>", "<mask>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(200)]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def write_text_checkpoint(path: str, chat_template: str = CHAT_TEMPLATE) -> dict:
+    """A tiny checkpoint with tokenizer.json and tokenizer_config.json (mask "<mask>" = 3, eos 1, pad 0)."""
+    cfg = write_checkpoint(path, "llada", vocab_size=len(WORDS), embedding_size=len(WORDS) + 2, mask_token_id=3,
+                           eos_token_id=1, pad_token_id=0)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(WORDS[:6])
+    tok.save(os.path.join(path, "tokenizer.json"))
+    tok_cfg = {"bos_token": "<bos>", "eos_token": {"content": "<eos>"}, "pad_token": "<pad>", "mask_token": "<mask>"}
+    if chat_template:
+        tok_cfg["chat_template"] = chat_template
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_cfg, f)
     return cfg

@@ -1,28 +1,14 @@
 """The text API: tokenizer.json + a jinja chat template, or a clear error without them."""
-import json
-
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 
-from checkpoints import write_checkpoint
+from checkpoints import write_checkpoint, write_text_checkpoint
 from illada_rt import Engine, NoTokenizerError
-
-WORDS = ["<pad>", "<eos>", "<bos>", "<mask>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(200)]
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("text")
-    write_checkpoint(str(path), "llada", vocab_size=len(WORDS), embedding_size=len(WORDS) + 2, mask_token_id=3,
-                     eos_token_id=1, pad_token_id=0)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(WORDS[:6])
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<bos>", "eos_token": {"content": "<eos>"}, "pad_token": "<pad>", "chat_template": TEMPLATE}))
+    write_text_checkpoint(str(path))
     return Engine.from_pretrained(str(path))
 
 

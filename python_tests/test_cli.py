@@ -1,0 +1,92 @@
+"""The illada-rt command line, run as a subprocess."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from checkpoints import write_checkpoint, write_text_checkpoint
+
+GEN = ["--gen-length", "8", "--block-length", "8", "--steps", "8"]
+
+
+def run(*args, stdin=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "illada_rt", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cli_text"))
+    write_text_checkpoint(path)
+    return path
+
+
+def test_generate_prints_prompt_and_answer(text_dir):
+    r = run("generate", "w1 w2", "--model", text_dir, *GEN)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("w1 w2") and len(r.stdout.split()) > 2
+    assert "tokens/s" in r.stderr
+
+
+def test_generate_matches_python_api(text_dir):
+    from illada_rt import Engine
+    eng = Engine.from_pretrained(text_dir)
+    want = eng.generate_text("w1 w2", gen_length=8, block_length=8, steps=8, seed=0)
+    r = run("generate", "w1 w2", "--model", text_dir, *GEN)
+    assert r.stdout.rstrip("\n") == "w1 w2" + want
+
+
+def test_generate_reads_stdin_and_chat(text_dir):
+    r = run("generate", "-", "--model", text_dir, "--chat", *GEN, stdin="w3 w4")
+    assert r.returncode == 0, r.stderr
+
+
+def test_chat_answers_each_line(text_dir):
+    r = run("chat", "--model", text_dir, *GEN, stdin="w1 w2\n\nw3\n")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 2
+
+
+def test_chat_without_template_is_an_error(tmp_path):
+    write_text_checkpoint(str(tmp_path), chat_template=None)
+    r = run("chat", "--model", str(tmp_path), *GEN, stdin="w1\n")
+    assert r.returncode == 2 and "no chat template" in r.stderr
+
+
+def test_info(text_dir):
+    r = run("info", "--model", text_dir)
+    assert r.returncode == 0, r.stderr
+    assert "parameters:" in r.stdout and "build: cuda=" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "w1", "--gen-length", "10", "--block-length", "4"], "not divisible by block_length"),
+    (["generate", "w1 <mask>"], "mask token"),
+    (["generate", "w1", "--dtype", "float64"], "invalid choice"),
+    (["generate", "w1", "--steps", "x"], "invalid int value"),
+    (["generate", "w1", "--threshold", "2"], "threshold"),
+    (["info"], None),
+])
+def test_bad_arguments_exit_nonzero_with_one_line(text_dir, args, message):
+    if message is None:
+        r = run(*args, "--model", os.path.join(text_dir, "missing"))
+        message = "no config.json"
+    else:
+        r = run(*args, "--model", text_dir)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    write_checkpoint(str(tmp_path), "llada")
+    r = run("generate", "hello", "--model", str(tmp_path), *GEN)
+    assert r.returncode == 2 and "no tokenizer.json" in r.stderr
+
+
+def test_bench_runs_on_a_small_synthetic_model():
+    r = run("bench", "--repeats", "1", "--prompt-len", "8", "--gen-length", "8", "--block-length", "8")
+    assert r.returncode == 0, r.stderr
+    assert "speed-up over the reference path" in r.stdout
