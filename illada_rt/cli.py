@@ -1,7 +1,8 @@
 """The illada-rt command line (the bundled demo model unless --model is given).
 
-    illada-rt generate "PROMPT" [options]   an answer to a prompt
+    illada-rt generate "PROMPT" [options]   an answer to a prompt (live view on a terminal)
     illada-rt chat [options]                a conversation (checkpoints with a chat template)
+    illada-rt infill "TEXT with <mask>"     fill masked tokens anywhere in a text
     illada-rt info [--model DIR]            configuration, size, build
     illada-rt bench [bench options]         the generation benchmark (bench/bench_generate.py)
 
@@ -34,6 +35,7 @@ def _generation_args(p: argparse.ArgumentParser):
     p.add_argument("--threshold", type=float, default=None, help="confidence-threshold parallel decoding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-at-eos", action="store_true", help="end the answer at the first EOS")
+    p.add_argument("--cache", default=None, choices=["prefix", "dual"], help="block KV cache (approximate)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,9 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(g)
     _generation_args(g)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the checkpoint's chat template")
+    g.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="redraw the canvas after every step (default: on when stdout is a terminal)")
     c = sub.add_parser("chat", help="talk to a checkpoint with a chat template (one line per turn)")
     _model_args(c)
     _generation_args(c)
+    f = sub.add_parser("infill", help="fill the masked tokens of a text")
+    f.add_argument("text", help="text with mask markers, one per token to fill ('-' reads standard input)")
+    _model_args(f)
+    f.add_argument("--mask-marker", default=None, help="marker string (default: the tokenizer's mask token)")
+    f.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per mask)")
+    f.add_argument("--block-length", type=int, default=None, help="masks per block (default: all in one)")
+    f.add_argument("--temperature", type=float, default=0.0)
+    f.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    f.add_argument("--threshold", type=float, default=None)
+    f.add_argument("--seed", type=int, default=0)
     i = sub.add_parser("info", help="model configuration, size and build information")
     _model_args(i)
     sub.add_parser("bench", help="run bench/bench_generate.py (arguments pass through)", add_help=False)
@@ -56,13 +70,19 @@ def _parser() -> argparse.ArgumentParser:
 def _generation_kwargs(args) -> dict:
     return dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps or args.gen_length,
                 temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-                threshold=args.threshold, seed=args.seed, stop_at_eos=args.stop_at_eos)
+                threshold=args.threshold, seed=args.seed, stop_at_eos=args.stop_at_eos, cache=args.cache)
 
 
 def _load(args):
     from .engine import Engine
 
-    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    def show(done, total):
+        print(f"\rloading weights {done}/{total} [{'#' * (20 * done // total):<20}]", end="", file=sys.stderr)
+        if done == total:
+            print(file=sys.stderr)
+
+    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                  progress=show if sys.stderr.isatty() else None)
 
 
 def _answer(eng, ids, mask, kwargs) -> str:
@@ -78,8 +98,38 @@ def _generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     eng = _load(args)
     ids, _ = eng.encode_prompts([prompt], chat=args.chat)
-    answer = _answer(eng, ids, None, _generation_kwargs(args))
-    print(answer if args.chat else prompt + answer)
+    shown = "" if args.chat else prompt
+    if args.live if args.live is not None else sys.stdout.isatty():
+        return _generate_live(eng, ids, shown, _generation_kwargs(args))
+    print(shown + _answer(eng, ids, None, _generation_kwargs(args)))
+    return 0
+
+
+def _generate_live(eng, ids, shown: str, kwargs) -> int:
+    """Redraw the answer after every step: masked tokens as a shade, the rest decoded."""
+    from .live_view import LiveView, render_canvas
+
+    view, prompt_len, final = LiveView(sys.stdout, shown), ids.shape[1], ""
+    start = time.perf_counter()
+    for event in eng.stream(ids, every_step=True, **kwargs):
+        if event.kind == "step":
+            answer = event.tokens[0, prompt_len:].tolist()
+            view.draw(render_canvas(eng.codec, answer, eng.cfg.mask_token_id), f"[block {event.block}, step {event.nfe}]")
+        else:
+            final = event.text[0]
+            nfe = event.nfe
+    view.finish(final)
+    seconds = time.perf_counter() - start
+    print(f"[{kwargs['gen_length']} tokens, {nfe} steps, {seconds:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def _infill(args) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    eng = _load(args)
+    print(eng.infill_text(text, mask_marker=args.mask_marker, steps=args.steps, block_length=args.block_length,
+                          temperature=args.temperature, remasking=args.remasking, threshold=args.threshold,
+                          seed=args.seed))
     return 0
 
 
@@ -139,7 +189,7 @@ def main(argv=None) -> int:
         if argv[:1] == ["bench"]:
             return _bench(argv[1:])
         args = _parser().parse_args(argv)
-        return {"generate": _generate, "chat": _chat, "info": _info}[args.command](args)
+        return {"generate": _generate, "chat": _chat, "infill": _infill, "info": _info}[args.command](args)
     except (ValueError, NotImplementedError, OSError) as e:
         print(f"illada-rt: error: {e}", file=sys.stderr)
         return 2

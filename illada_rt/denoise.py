@@ -1,26 +1,27 @@
-"""The block-denoising loop: exact, KV-free (every step recomputes the whole sequence).
+"""The block-denoising loop, as a generator shared by generate, stream and infill.
 
-Per block [lo, hi) of the answer and per step: one forward over the whole canvas,
-the final norm and LM head over the block's rows only, then the remask kernel picks
-tokens for the block's masked rows and transfers the scheduled number (or every one
-at or above the threshold) in place.
+Per block (a canvas span [lo, hi)) and per step: one forward (the whole canvas in the
+exact mode; see cache.py for the KV-cached modes), the final norm and LM head over the
+block's rows only, then the remask kernel picks tokens for the block's masked rows and
+transfers the scheduled number (or every one at or above the threshold) in place.
+A block may own only some of its span's masks (infilling): the others are hidden from
+the kernel for the step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 
 from . import ops
+from .cache import CACHE_MODES, BlockCache
 from .model import LLaDAModel
 from .schedule import num_transfer_tokens
 
 
 @dataclass
 class DenoiseSettings:
-    gen_length: int
-    block_length: int
     steps_per_block: int
     temperature: float = 0.0
     cfg_scale: float = 0.0
@@ -28,6 +29,32 @@ class DenoiseSettings:
     threshold: Optional[float] = None
     stop_token_ids: Sequence[int] = ()   # early stop: a finished block holding one of these ends the answer
     fill_id: Optional[int] = None        # token written after the stop token (None: repeat the stop token)
+    cache: Optional[str] = None          # None (exact), "prefix" or "dual"
+
+    def __post_init__(self):
+        if self.cache is not None and self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be None or one of {CACHE_MODES}, got {self.cache!r}")
+        if self.cache is not None and self.cfg_scale > 0:
+            raise ValueError(f"cache={self.cache!r} does not support classifier-free guidance (as in Fast-dLLM); "
+                             "use cfg_scale=0 or cache=None")
+
+
+class Block(NamedTuple):
+    lo: int                               # canvas span [lo, hi) holding the block's masks
+    hi: int
+    owns: Optional[torch.Tensor] = None   # [B, hi - lo] bool: the masks this block fills (None: all of them)
+
+
+class Progress(NamedTuple):
+    kind: str     # "step": a denoising step is done; "block": a block is finished
+    block: int    # index of the block
+    nfe: int      # forwards so far
+    last: bool    # "block" events: no block follows (the final one, or every sequence stopped)
+
+
+def answer_blocks(prompt_len: int, gen_length: int, block_length: int) -> List[Block]:
+    """LLaDA's semi-autoregressive blocks: consecutive block_length spans of the answer."""
+    return [Block(prompt_len + j, prompt_len + j + block_length) for j in range(0, gen_length, block_length)]
 
 
 def _fill_after_stop(answer: torch.Tensor, upto: int, stop_ids: torch.Tensor, finished: torch.Tensor, fill_id):
@@ -39,47 +66,75 @@ def _fill_after_stop(answer: torch.Tensor, upto: int, stop_ids: torch.Tensor, fi
         finished[b] = True
 
 
+def _pending(span: torch.Tensor, owns: Optional[torch.Tensor], mask_id: int) -> torch.Tensor:
+    """[B, Lb] bool: the masks of the span the block still has to fill."""
+    return span == mask_id if owns is None else (span == mask_id) & owns
+
+
 @torch.no_grad()
-def denoise(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], prompt_len: int,
-            seeds: torch.Tensor, row_offset: torch.Tensor, s: DenoiseSettings) -> int:
-    """Fill the masked answer of canvas [B, P + gen_length] in place; returns the forward count."""
+def denoise_steps(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], blocks: List[Block],
+                  prompt_len: int, seeds: torch.Tensor, row_offset: torch.Tensor,
+                  s: DenoiseSettings) -> Iterator[Progress]:
+    """Fill the masks of canvas [B, L] block by block, in place, yielding after each step and block.
+
+    prompt_len: where the answer starts (early stop looks at canvas[:, prompt_len:]).
+    """
     cfg = model.cfg
     B = canvas.shape[0]
     mask_id = cfg.mask_token_id
+    hide_id = 0 if mask_id != 0 else 1  # stands in for masks a block does not own, during remask
     prompt_index = canvas != mask_id
     key_mask2 = None if key_mask is None else key_mask.repeat(2, 1)
+    cache = None if s.cache is None else BlockCache(model, s.cache)
     step = torch.zeros(B, dtype=torch.int64)
     masks_left = torch.empty(B, dtype=torch.int64)
     finished = torch.zeros(B, dtype=torch.bool)
     stop_ids = torch.tensor(list(s.stop_token_ids), dtype=torch.int64)
     nfe = 0
-    for blk in range(s.gen_length // s.block_length):
-        lo = prompt_len + blk * s.block_length
-        hi = lo + s.block_length
-        rows = slice(lo, hi)
-        schedule = num_transfer_tokens((canvas[:, rows] == mask_id).sum(1), s.steps_per_block)
+    for blk, (lo, hi, owns) in enumerate(blocks):
+        span = canvas[:, lo:hi]                                   # [B, Lb] view
+        schedule = num_transfer_tokens(_pending(span, owns, mask_id).sum(1), s.steps_per_block)
         i = 0
-        while bool((canvas[:, rows] == mask_id).any()):
+        while bool(_pending(span, owns, mask_id).any()):
             if s.threshold is None and i >= s.steps_per_block:
                 break
+            uncond = None
             if s.cfg_scale > 0:
                 uncond_canvas = canvas.masked_fill(prompt_index, mask_id)
-                both = model.logits(torch.cat([canvas, uncond_canvas]), key_mask2, rows)  # [2B, Lb, E]
+                both = model.logits(torch.cat([canvas, uncond_canvas]), key_mask2, slice(lo, hi))  # [2B, Lb, E]
                 cond, uncond = both[:B], both[B:]
+            elif cache is not None:
+                cond = cache.block_logits(canvas, key_mask, lo, hi, i)                        # [B, Lb, E]
             else:
-                cond, uncond = model.logits(canvas, key_mask, rows), None                  # [B, Lb, E]
+                cond = model.logits(canvas, key_mask, slice(lo, hi))                          # [B, Lb, E]
+            hidden = None if owns is None else (span == mask_id) & ~owns
+            if hidden is not None:
+                span.masked_fill_(hidden, hide_id)
             step.fill_(nfe)
             ops.remask_(cond, canvas, lo, vocab=cfg.vocab_size, mask_id=mask_id, seeds=seeds,
                         row_offset=row_offset, step=step, uncond=uncond, cfg_scale=s.cfg_scale,
                         temperature=s.temperature, remasking=s.remasking,
                         k=None if s.threshold is not None else schedule[:, i].contiguous(),
                         threshold=s.threshold, masks_left=masks_left)
+            if hidden is not None:
+                span.masked_fill_(hidden, mask_id)
             nfe += 1
             i += 1
+            yield Progress("step", blk, nfe, False)
         if len(stop_ids):
             _fill_after_stop(canvas[:, prompt_len:], hi - prompt_len, stop_ids, finished, s.fill_id)
-            if bool(finished.all()):
-                break
+        stop = len(stop_ids) > 0 and bool(finished.all())
+        yield Progress("block", blk, nfe, stop or blk == len(blocks) - 1)
+        if stop:
+            break
+
+
+def denoise(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], blocks: List[Block],
+            prompt_len: int, seeds: torch.Tensor, row_offset: torch.Tensor, s: DenoiseSettings) -> int:
+    """Run denoise_steps to the end; returns the forward count."""
+    nfe = 0
+    for event in denoise_steps(model, canvas, key_mask, blocks, prompt_len, seeds, row_offset, s):
+        nfe = event.nfe
     return nfe
 
 

@@ -4,19 +4,25 @@
     logits = eng.logits(input_ids)                     # [B, L, V] float32
     out = eng.generate(input_ids, gen_length=128, block_length=32, steps=128)
     out.sequences, out.nfe, out.answer_lengths
+    for event in eng.stream(input_ids, gen_length=128, block_length=32, steps=128): ...
+    eng.infill(ids_with_masks, steps=16).sequences
+    eng.log_likelihood(prompts, answers, mc_num=128), eng.score_choices(prompt, options)
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 
-from . import validate
+from . import infill as infill_mod
+from . import likelihood, validate
 from .config import ModelConfig
-from .denoise import DenoiseSettings, answer_lengths, denoise
+from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
+from .infill import InfillOutput
 from .model import LLaDAModel
+from .stream import StreamEvent, stream_events
 from .text import NoTokenizerError, TextCodec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +39,30 @@ class GenerationOutput:
     @property
     def answers(self) -> torch.Tensor:
         return self.sequences[:, self.prompt_length:]
+
+
+@dataclass
+class _Job:
+    """A checked generation request laid out on its canvas."""
+    canvas: torch.Tensor               # [B, P + gen_length] int64: the prompt, then masks
+    key_mask: Optional[torch.Tensor]   # [B, P + gen_length] bool, or None without padding
+    prompt_len: int
+    block_length: int
+    blocks: List[Block]
+    seeds: torch.Tensor                # [B] seed + b
+    row_offset: torch.Tensor           # [B] left padding
+    settings: DenoiseSettings
+    stops: List[int]
+    seed: int
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    """A random seed for None; otherwise the seed, checked."""
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 2
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 62:
+        raise ValueError(f"seed must be an integer in [0, 2**62), got {seed!r}")
+    return seed
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -52,7 +82,8 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
-                        dtype: Union[str, torch.dtype] = "float32") -> "Engine":
+                        dtype: Union[str, torch.dtype] = "float32", progress=None) -> "Engine":
+        """progress: optional callable (tensors loaded, tensors in all), called while loading."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
         dev = torch.device(device)
@@ -61,7 +92,7 @@ class Engine:
                 f"device {device!r}: this release runs generation on the CPU kernels only; "
                 "the CUDA engine path is not available yet")
         cfg = ModelConfig.from_dir(model_dir)
-        return cls(LLaDAModel.load(model_dir, cfg, torch_dtype), model_dir)
+        return cls(LLaDAModel.load(model_dir, cfg, torch_dtype, progress), model_dir)
 
     # ------------------------------------------------------------------ tokens
 
@@ -78,7 +109,7 @@ class Engine:
 
     def generate(self, input_ids, attention_mask=None, gen_length: int = 128, block_length: int = 32,
                  steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
-                 remasking: str = "low_confidence", threshold: Optional[float] = None, cache=None,
+                 remasking: str = "low_confidence", threshold: Optional[float] = None, cache: Optional[str] = None,
                  seed: Optional[int] = None, stop_at_eos: bool = False,
                  stop_token_ids: Optional[Sequence[int]] = None) -> GenerationOutput:
         """Masked-diffusion generation with the public LLaDA semantics (see README).
@@ -86,22 +117,47 @@ class Engine:
         stop_at_eos: once a finished block holds a stop token (default: config eos_token_id),
         the rest of that answer becomes EOS and, when every sequence has stopped, the
         remaining blocks are skipped. answer_lengths counts tokens before the first stop token.
+        cache: None (exact), or Fast-dLLM's "prefix" or "dual" block KV cache (see cache.py):
+        cheaper steps that approximate the exact mode; not with cfg_scale > 0.
         """
-        if cache is not None:
-            raise NotImplementedError(f"cache={cache!r}: block KV caches are not available yet; use cache=None")
+        job = self._prepare(input_ids, attention_mask, gen_length=gen_length, block_length=block_length,
+                            steps=steps, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
+                            threshold=threshold, cache=cache, seed=seed, stop_at_eos=stop_at_eos,
+                            stop_token_ids=stop_token_ids)
+        nfe = denoise(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset,
+                      job.settings)
+        answers = job.canvas[:, job.prompt_len:]
+        return GenerationOutput(job.canvas, nfe, answer_lengths(answers, job.stops), job.prompt_len, job.seed)
+
+    def stream(self, input_ids, attention_mask=None, every_step: bool = False, **options) -> Iterator[StreamEvent]:
+        """generate() as a stream of StreamEvents (see stream.py): one per finished block, and
+        with every_step=True one per denoising step. `options` are generate()'s.
+        Arguments are checked here, before the first event is asked for."""
+        job = self._prepare(input_ids, attention_mask, **options)
+        progress = denoise_steps(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds,
+                                 job.row_offset, job.settings)
+        return stream_events(progress, job.canvas, job.prompt_len, job.block_length, every_step,
+                             self._answer_decoder(job.stops))
+
+    def _prepare(self, input_ids, attention_mask, gen_length: int = 128, block_length: int = 32, steps: int = 128,
+                 temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
+                 threshold: Optional[float] = None, cache: Optional[str] = None, seed: Optional[int] = None,
+                 stop_at_eos: bool = False, stop_token_ids: Optional[Sequence[int]] = None) -> "_Job":
+        """Check generation arguments and lay out the canvas [B, P + gen_length]."""
         ids = validate.as_token_batch(input_ids)
         validate.check_tokens(ids, self.cfg)
         mask = validate.as_attention_mask(attention_mask, ids)
         B, P = ids.shape
-        num_blocks, steps_per_block = validate.check_schedule(P, gen_length, block_length, steps, self.cfg)
+        _, steps_per_block = validate.check_schedule(P, gen_length, block_length, steps, self.cfg)
         validate.check_sampling(temperature, cfg_scale, remasking, threshold)
         stops = self._stop_ids(stop_token_ids)
         if stop_at_eos and not stops:
             raise ValueError("stop_at_eos needs stop_token_ids: the config has no eos_token_id")
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little") >> 2
-        if not isinstance(seed, int) or not 0 <= seed < 2 ** 62:
-            raise ValueError(f"seed must be an integer in [0, 2**62), got {seed!r}")
+        settings = DenoiseSettings(
+            steps_per_block=steps_per_block, temperature=float(temperature), cfg_scale=float(cfg_scale),
+            remasking=remasking, threshold=None if threshold is None else float(threshold),
+            stop_token_ids=stops if stop_at_eos else (), fill_id=self.cfg.eos_token_id, cache=cache)
+        seed = resolve_seed(seed)
 
         canvas = torch.full((B, P + gen_length), self.cfg.mask_token_id, dtype=torch.int64)
         canvas[:, :P] = ids
@@ -109,14 +165,9 @@ class Engine:
         if mask is not None:
             key_mask = torch.cat([mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], 1)
             row_offset = (mask == 0).sum(1).to(torch.int64)
-        settings = DenoiseSettings(
-            gen_length=gen_length, block_length=block_length, steps_per_block=steps_per_block,
-            temperature=float(temperature), cfg_scale=float(cfg_scale), remasking=remasking,
-            threshold=None if threshold is None else float(threshold),
-            stop_token_ids=stops if stop_at_eos else (), fill_id=self.cfg.eos_token_id)
         seeds = torch.arange(B, dtype=torch.int64) + seed
-        nfe = denoise(self.model, canvas, key_mask, P, seeds, row_offset, settings)
-        return GenerationOutput(canvas, nfe, answer_lengths(canvas[:, P:], stops), P, seed)
+        return _Job(canvas, key_mask, P, block_length, answer_blocks(P, gen_length, block_length), seeds,
+                    row_offset, settings, stops, seed)
 
     def _stop_ids(self, stop_token_ids) -> List[int]:
         if stop_token_ids is not None:
@@ -127,6 +178,43 @@ class Engine:
             return stops
         return [] if self.cfg.eos_token_id is None else [int(self.cfg.eos_token_id)]
 
+    def infill(self, input_ids, attention_mask=None, steps: Optional[int] = None, block_length: Optional[int] = None,
+               temperature: float = 0.0, remasking: str = "low_confidence", threshold: Optional[float] = None,
+               seed: Optional[int] = None) -> InfillOutput:
+        """Fill every mask of input_ids [B, L] (anywhere, spans or single tokens); keep the rest.
+
+        Masks are filled in blocks of block_length masks, left to right (None: one block),
+        with steps split evenly over the blocks (None: one step per mask); see infill.py.
+        """
+        plan = infill_mod.plan(input_ids, attention_mask, self.cfg, steps, block_length)
+        validate.check_sampling(temperature, 0.0, remasking, threshold)
+        seed = resolve_seed(seed)
+        settings = DenoiseSettings(steps_per_block=plan.steps_per_block, temperature=float(temperature),
+                                   remasking=remasking, threshold=None if threshold is None else float(threshold))
+        seeds = torch.arange(plan.canvas.shape[0], dtype=torch.int64) + seed
+        nfe = denoise(self.model, plan.canvas, plan.key_mask, plan.blocks, 0, seeds, plan.row_offset, settings)
+        return InfillOutput(plan.canvas, nfe, seed)
+
+    def log_likelihood(self, prompts, answers, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
+                       seed: int = 0) -> Union[float, torch.Tensor]:
+        """LLaDA's Monte-Carlo estimate of log p(answer | prompt) (see likelihood.py).
+
+        One prompt and answer (token lists or 1-D tensors) give a float; lists of them give
+        a float64 tensor [N]. Pair j draws its masks from a torch.Generator seeded seed + j.
+        """
+        single, prompt_list, answer_list = likelihood.check_pairs(self.model, prompts, answers)
+        likelihood.check_estimate(mc_num, batch_size, cfg_scale)
+        out = likelihood.log_likelihood(self.model, prompt_list, answer_list, mc_num, batch_size, float(cfg_scale),
+                                        resolve_seed(seed))
+        return float(out[0]) if single else out
+
+    def score_choices(self, prompt, options) -> torch.Tensor:
+        """[n_options] float64: log p(option | prompt) with the option masked whole, in one forward."""
+        if likelihood.is_single(options) or not len(options):
+            raise ValueError("options must be a non-empty list of token sequences")
+        _, prompts, options = likelihood.check_pairs(self.model, [prompt] * len(options), options, "options")
+        return likelihood.score_choices(self.model, prompts[0], options)
+
     # ------------------------------------------------------------------ text
 
     @property
@@ -134,6 +222,20 @@ class Engine:
         if self._codec is None:
             self._codec = TextCodec(self.model_dir)
         return self._codec
+
+    def _answer_decoder(self, stops: List[int]) -> Optional[Callable[[torch.Tensor], List[str]]]:
+        """answers [B, n] -> their texts up to the first stop token; None without a tokenizer."""
+        try:
+            codec = None if self.model_dir is None else self.codec
+        except NoTokenizerError:
+            codec = None
+        if codec is None:
+            return None
+
+        def decode(answers: torch.Tensor) -> List[str]:
+            lengths = answer_lengths(answers, stops)
+            return [codec.decode(answers[b, : int(lengths[b])].tolist()) for b in range(answers.shape[0])]
+        return decode
 
     def encode_prompts(self, prompts: Sequence[str], chat: bool = False):
         """Token ids [B, P] left-padded with the pad (or eos) id, and the attention mask."""
@@ -165,5 +267,21 @@ class Engine:
         texts = [self.codec.decode(out.answers[b, : int(out.answer_lengths[b])].tolist()) for b in range(len(batch))]
         return texts[0] if single else texts
 
+    def infill_text(self, texts: Union[str, Sequence[str]], mask_marker: Optional[str] = None,
+                    **kwargs) -> Union[str, List[str]]:
+        """Fill the masks of text ("The <mask> is <mask><mask> blue"): one masked token per
+        marker (default: the tokenizer's mask token). Returns the decoded filled texts;
+        kwargs are infill()'s."""
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if not batch:
+            raise ValueError("texts is empty")
+        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else self.cfg.eos_token_id
+        ids, mask = infill_mod.encode_masked_texts(self.codec, batch, self.cfg.mask_token_id, mask_marker, pad)
+        out = self.infill(ids, attention_mask=mask, **kwargs)
+        pads = [0] * len(batch) if mask is None else (mask == 0).sum(1).tolist()
+        filled = [self.codec.decode(out.sequences[b, pads[b]:].tolist()) for b in range(len(batch))]
+        return filled[0] if single else filled
 
-__all__ = ["Engine", "GenerationOutput", "NoTokenizerError"]
+
+__all__ = ["Engine", "GenerationOutput", "InfillOutput", "StreamEvent", "NoTokenizerError"]

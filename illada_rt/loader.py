@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
@@ -72,7 +72,11 @@ def _open(path: str):
         raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
 
 
-def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype) -> Iterator[Tuple[str, torch.Tensor]]:
+Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
+
+
+def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype,
+                 progress: Optional[Progress] = None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Yield (name, tensor in `dtype`) for every tensor the model needs, checked against cfg."""
     files = weight_files(model_dir)
     shapes = expected_shapes(cfg)
@@ -87,6 +91,7 @@ def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype) -> Iterat
     by_file: Dict[str, List[str]] = {}
     for name in shapes:
         by_file.setdefault(files[name], []).append(name)
+    done = 0
     for path, names in by_file.items():
         handle = _open(path)
         for name in names:
@@ -99,6 +104,9 @@ def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype) -> Iterat
                                       f"config.json implies {shapes[name]}")
             if not t.is_floating_point():
                 raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, expected floating point")
+            done += 1
+            if progress is not None:
+                progress(done, len(shapes))
             yield name, t.to(dtype)
 
 

@@ -16,6 +16,8 @@ from . import ops
 from .config import ModelConfig
 from .loader import PREFIX, iter_weights
 
+KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, L, Hkv, hd] after RoPE
+
 
 @dataclass
 class LayerWeights:
@@ -36,9 +38,9 @@ class LLaDAModel:
         self.rope_cos, self.rope_sin = ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta)
 
     @classmethod
-    def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype) -> "LLaDAModel":
+    def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype, progress=None) -> "LLaDAModel":
         """Stream the weights from a checkpoint directory (see loader.iter_weights)."""
-        return cls.from_weights(cfg, iter_weights(model_dir, cfg, dtype))
+        return cls.from_weights(cfg, iter_weights(model_dir, cfg, dtype, progress))
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]]) -> "LLaDAModel":
@@ -66,45 +68,86 @@ class LLaDAModel:
         return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
-               rows: Optional[slice]) -> torch.Tensor:
-        """One transformer block on the residual stream x [B, L, d] given h = attn_norm(x).
+               rows: Optional[slice], pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        """One transformer block on the residual stream x [B, Lx, d] of canvas positions
+        [pos0, pos0 + Lx), given h = attn_norm(x).
 
         Returns (x_rows, ffn): the residual stream of the computed rows after attention
         (x itself, updated in place, when rows is None) and the FFN output still to be
-        added to it. With `rows`, only those query rows are computed (keys and values
-        still cover the whole sequence): exact for the rows kept.
+        added to it. With `rows` (absolute positions inside [pos0, pos0 + Lx)), only those
+        query rows are computed; keys and values still cover every row: exact for the rows kept.
+        kv: this layer's cache (K, V), each [B, L, Hkv, hd] after RoPE: the rows' fresh K/V
+        overwrite positions [pos0, pos0 + Lx) and the queries attend to all L cached keys.
+        Without it the keys are the rows' own (then x must be the whole sequence, pos0 = 0).
         """
         cfg = self.cfg
-        B, L, _ = x.shape
+        B, Lx, _ = x.shape
         hd, H, Hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        qkv = F.linear(h, w.wqkv).view(B, L, H + 2 * Hkv, hd)   # [B, L, H + 2 Hkv, hd]
+        qkv = F.linear(h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
-        start = 0
+        ops.rope_(k, self.rope_cos, self.rope_sin, position_start=pos0)
+        if kv is not None:
+            kv[0][:, pos0:pos0 + Lx] = k
+            kv[1][:, pos0:pos0 + Lx] = v
+            k, v = kv                                            # [B, L, Hkv, hd]
+        local = slice(0, Lx) if rows is None else slice(rows.start - pos0, rows.stop - pos0)
         if rows is not None:
-            q, start = q[:, rows], rows.start
-        ops.rope_(q, self.rope_cos, self.rope_sin, position_start=start)
-        ops.rope_(k, self.rope_cos, self.rope_sin)
+            q = q[:, local]
+        ops.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
         att = ops.attention(q, k, v, key_mask)                   # [B, Lq, H, hd]
         o = F.linear(att.view(B, -1, cfg.d_model), w.wo)         # [B, Lq, d]
-        x_rows = x if rows is None else x[:, rows].contiguous()
+        x_rows = x if rows is None else x[:, local].contiguous()
         h_rows = ops.rmsnorm(o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
         gate_up = F.linear(h_rows, w.w_gate_up)                  # [B, Lq, 2F]
         f = cfg.mlp_hidden_size
         act = ops.swiglu(gate_up[..., :f], gate_up[..., f:])
         return x_rows, F.linear(act, w.w_down)
 
-    def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None):
-        """Final-normed hidden states [B, Lr, d] of `rows` (all rows when None)."""
+    def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
+               cache: Optional[KVCache] = None, pos0: int = 0):
+        """Final-normed hidden states [B, Lr, d] of `rows` (all rows when None).
+
+        tokens [B, Lx] are canvas positions [pos0, pos0 + Lx); with a cache they may be a
+        slice of the canvas (see _block), without one they are the whole canvas.
+        """
         cfg = self.cfg
-        x = F.embedding(tokens, self.wte)                        # [B, L, d] residual stream
+        x = F.embedding(tokens, self.wte)                        # [B, Lx, d] residual stream
         h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
-            x_rows, ffn = self._block(w, x, h, key_mask, rows if i == last else None)
+            kv = None if cache is None else cache[i]
+            x_rows, ffn = self._block(w, x, h, key_mask, rows if i == last else None, pos0, kv)
             if i < last:
                 h = ops.rmsnorm(ffn, self.layers[i + 1].attn_norm, cfg.rms_norm_eps, residual=x)
         return ops.rmsnorm(ffn, self.ln_f, cfg.rms_norm_eps, residual=x_rows)
 
-    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None):
-        """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows`."""
-        return F.linear(self.hidden(tokens, key_mask, rows), self.head)
+    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
+               cache: Optional[KVCache] = None, pos0: int = 0):
+        """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows` (see hidden)."""
+        return F.linear(self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
+
+    # ------------------------------------------------------------ block KV cache
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        """Uninitialised per-layer (K, V), each [batch, length, Hkv, hd] in the model dtype."""
+        shape = (batch, length, self.cfg.n_kv_heads, self.cfg.head_dim)
+        return [(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)) for _ in self.layers]
+
+    def prefill(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: slice,
+                cache: Optional[KVCache] = None):
+        """Full forward over the canvas tokens [B, L] that also (re)fills a KV cache.
+
+        Returns (logits [B, Lr, E] of `rows`, cache); the exact logits of a normal step.
+        """
+        if cache is None:
+            cache = self.new_cache(*tokens.shape)
+        return self.logits(tokens, key_mask, rows, cache), cache
+
+    def block_step(self, tokens: torch.Tensor, cache: KVCache, pos0: int, key_mask: Optional[torch.Tensor],
+                   rows: slice):
+        """Recompute canvas positions [pos0, pos0 + Lx) only (tokens [B, Lx]) against the cache.
+
+        Their fresh K/V replace the cached entries; every other position keeps the K/V of
+        the last prefill. Returns logits [B, Lr, E] of `rows` (inside the recomputed range).
+        """
+        return self.logits(tokens, key_mask, rows, cache, pos0)

@@ -90,7 +90,7 @@ def rope_table(head_dim: int, length: int, theta: float):
 
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, position_start: int = 0) -> torch.Tensor:
     """In-place rotate-half RoPE on x [B, L, H, head_dim] at positions position_start + l."""
-    _C.rope(_arg(x, "x"), _arg(cos, "cos"), _arg(sin, "sin"), int(position_start))
+    _C.rope(_arg(x, "x"), _arg(cos, "cos"), _arg(sin, "sin"), int(position_start), _stream(x))
     return x
 
 
@@ -99,7 +99,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor, out: Optional[torch.Tensor] = N
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device) if out is None else out
-    _C.swiglu(_arg(_rows(out, "out"), "out"), _arg(_rows(gate, "gate"), "gate"), _arg(_rows(up, "up"), "up"))
+    _C.swiglu(_arg(_rows(out, "out"), "out"), _arg(_rows(gate, "gate"), "gate"), _arg(_rows(up, "up"), "up"),
+              _stream(gate))
     return out
 
 
@@ -108,7 +109,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optio
     """Bidirectional GQA attention. q [B, Lq, H, D], k/v [B, Lk, Hkv, D], key_mask [B, Lk] bool."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
     _C.attention(_arg(out, "out"), _arg(q, "q"), _arg(k, "k"), _arg(v, "v"), _opt(key_mask, "key_mask"),
-                 math.nan if scale is None else float(scale))
+                 math.nan if scale is None else float(scale), _stream(q))
     return out
 
 
@@ -117,18 +118,33 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
             uncond: Optional[torch.Tensor] = None, cfg_scale: float = 0.0, temperature: float = 0.0,
             remasking: str = "low_confidence", k: Optional[torch.Tensor] = None,
             threshold: Optional[float] = None, x0: Optional[torch.Tensor] = None,
-            conf: Optional[torch.Tensor] = None, masks_left: Optional[torch.Tensor] = None) -> torch.Tensor:
+            conf: Optional[torch.Tensor] = None, masks_left: Optional[torch.Tensor] = None,
+            workspace: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One denoising step on tokens[:, block_start : block_start + logits.shape[1]], in place.
 
     logits [B, Lb, >=vocab] are the block rows (uncond: the CFG branch). Exactly one of
     k [B] (top-k transfer) and threshold (confidence rule) is given. Optional outputs:
     x0 [B, Lb] int64, conf [B, Lb] float64, masks_left [B] int64. Returns tokens.
+
+    CUDA: every tensor on the device (k, step, seeds, row_offset included); workspace is
+    remask_workspace(B, Lb) (allocated here when None). Non-finite logits do not raise on
+    CUDA: they set workspace[0] non-zero (sticky) and nothing is transferred; this call does
+    not synchronise to check it.
     """
     if (k is None) == (threshold is None):
         raise ValueError("remask: give exactly one of k (top-k) and threshold")
+    if logits.is_cuda and workspace is None and logits.dim() == 3:
+        workspace = remask_workspace(logits.shape[0], logits.shape[1], logits.device)
     _C.remask(_arg(logits, "logits"), _opt(uncond, "uncond"), float(cfg_scale), int(vocab),
               _arg(tokens, "tokens"), int(block_start), int(mask_id), float(temperature),
               _arg(seeds, "seeds"), _arg(row_offset, "row_offset"), _arg(step, "step"), str(remasking),
               _opt(k, "k"), 1.0 if threshold is None else float(threshold),
-              _opt(x0, "x0"), _opt(conf, "conf"), _opt(masks_left, "masks_left"))
+              _opt(x0, "x0"), _opt(conf, "conf"), _opt(masks_left, "masks_left"), _opt(workspace, "workspace"),
+              _stream(logits))
     return tokens
+
+
+def remask_workspace(batch: int, block_len: int, device) -> torch.Tensor:
+    """Zeroed CUDA scratch for remask_ on a [batch, block_len] block; element 0 is the error flag."""
+    return torch.zeros(-(-_C.remask_workspace_bytes(int(batch), int(block_len)) // 8), dtype=torch.int64,
+                       device=device)

@@ -60,9 +60,13 @@ def test_bad_attention_mask(eng, mask, rule):
         eng.generate([[1, 2, 3]], attention_mask=mask, **KW)
 
 
-def test_cache_modes_not_yet_available(eng):
-    with pytest.raises(NotImplementedError, match="cache"):
-        eng.generate([[1, 2, 3]], cache="prefix", **KW)
+@pytest.mark.parametrize("args,rule", [
+    (dict(cache="window"), "cache must be None or one of"),
+    (dict(cache="dual", cfg_scale=1.0), "does not support classifier-free guidance"),
+])
+def test_bad_cache_arguments(eng, args, rule):
+    with pytest.raises(ValueError, match=rule):
+        eng.generate([[1, 2, 3]], **{**KW, **args})
 
 
 def test_stop_at_eos_needs_an_eos(tmp_path):

@@ -90,3 +90,28 @@ def test_bench_runs_on_a_small_synthetic_model():
     r = run("bench", "--repeats", "1", "--prompt-len", "8", "--gen-length", "8", "--block-length", "8")
     assert r.returncode == 0, r.stderr
     assert "speed-up over the reference path" in r.stdout
+
+
+def test_live_view_redraws_every_step_and_ends_with_the_answer(text_dir):
+    r = run("generate", "w1 w2", "--model", text_dir, *GEN, "--live")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\033[J") >= 7  # one redraw per step after the first
+    plain = run("generate", "w1 w2", "--model", text_dir, *GEN, "--no-live").stdout
+    assert r.stdout.rstrip("\n").endswith(plain.rstrip("\n"))
+
+
+def test_infill_keeps_the_unmasked_text(text_dir):
+    r = run("infill", "w1 <mask> w3 <mask>", "--model", text_dir)
+    assert r.returncode == 0, r.stderr
+    words = r.stdout.split()
+    assert len(words) == 4 and words[0] == "w1" and words[2] == "w3" and "<mask>" not in words
+
+
+def test_infill_without_mask_is_an_error(text_dir):
+    r = run("infill", "w1 w2", "--model", text_dir)
+    assert r.returncode == 2 and "mask" in r.stderr
+
+
+def test_generate_with_cache(text_dir):
+    r = run("generate", "w1 w2", "--model", text_dir, *GEN, "--cache", "dual")
+    assert r.returncode == 0, r.stderr

@@ -80,10 +80,11 @@ CONFIG = {
 
 BATCH = 8                 # sequences per step
 MIN_LEN, MAX_LEN = 128, 256  # each step crops BATCH sequences of one random length in this range
-PEAK_LR, FINAL_LR_FRAC, WARMUP = 1.5e-3, 0.1, 100
+PEAK_LR, FINAL_LR_FRAC, WARMUP = 3e-3, 0.1, 100
 WEIGHT_DECAY, CLIP = 0.1, 1.0
 EPS_T = 1e-3              # t ~ U(EPS_T, 1): the masking probability of a sequence
 VAL_SEQS, EVALS = 32, 16  # validation: 32 fixed crops of MAX_LEN, evaluated 16 times per run
+INFILL_WORKS = ("hamlet_gut.txt", "macbeth_gut.txt", "othello_gut.txt")
 
 # ----------------------------------------------------------------------------- data
 
@@ -231,7 +232,10 @@ def make_optimizer(model):
 def train_step(model, opt, stream, gen, mask_id, lr) -> float:
     length = int(torch.randint(MIN_LEN, MAX_LEN + 1, (1,), generator=gen))
     x0 = crops(stream, BATCH, length, gen)
-    t = EPS_T + (1 - EPS_T) * torch.rand(BATCH, generator=gen)
+    # Stratified t: one draw per 1/BATCH slice of [0, 1), each t still uniform on its own,
+    # so every batch mixes nearly clean and nearly all-masked sequences (lower loss variance).
+    u = (torch.rand(1, generator=gen) + torch.arange(BATCH) / BATCH) % 1
+    t = EPS_T + (1 - EPS_T) * u
     loss = diffusion_loss(model, x0, t, torch.rand(x0.shape, generator=gen), mask_id)
     for group in opt.param_groups:
         group["lr"] = lr
@@ -251,10 +255,10 @@ def evaluate(model, val_batch) -> float:
 # ----------------------------------------------------------------------------- samples
 
 
-def infill(model_fn, ids: torch.Tensor, span: slice, mask_id: int) -> torch.Tensor:
+def infill(model_fn, ids: torch.Tensor, span: range, mask_id: int) -> torch.Tensor:
     """Mask ids[span] and fill it back one token per step, most confident position first."""
     x = ids.clone()
-    x[span] = mask_id
+    x[list(span)] = mask_id
     while (x == mask_id).any():
         probs = model_fn(x[None])[0].softmax(-1)                  # [L, vocab]
         conf, pred = probs.max(-1)
@@ -264,40 +268,48 @@ def infill(model_fn, ids: torch.Tensor, span: slice, mask_id: int) -> torch.Tens
     return x
 
 
-def samples(out: Path, val_texts) -> str:
+def verse_line(text: str) -> tuple[str, str, str]:
+    """(text before, line, text after) around the first verse line of >= 40 characters
+    that continues a speech (the line above is not empty)."""
+    lines = text.split("\n")
+    i = next(i for i in range(2, len(lines)) if len(lines[i]) >= 40 and lines[i - 1] and not lines[i].startswith("["))
+    return "\n".join(lines[:i]) + "\n", lines[i], "\n" + "\n".join(lines[i + 1:])
+
+
+def samples(out: Path, held_out: dict[str, str]) -> str:
     """Generate from the exported files only (as the runtime would) and return Markdown."""
     raw = json.loads((out / "config.json").read_text())
     cfg = ModelConfig.from_dict(raw)
     model_fn = ReferenceModel(cfg, load_file(str(out / "model.safetensors")))
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    settings = [dict(steps=64, gen_length=64, block_length=16, temperature=0.0),
+                dict(steps=64, gen_length=64, block_length=4, temperature=0.7, seed=0)]
     md = ["## Samples", "",
-          "`illada_rt.reference.generate` on the exported files, gen_length 128, block_length 32, "
-          "128 steps, low-confidence remasking; temperature 0 (greedy) and 0.8 (seed 0). "
-          "Each block starts with its prompt; the text stops at the first `<|endoftext|>`.", ""]
+          "`illada_rt.reference.generate` on the exported files, low-confidence remasking, 64 new tokens "
+          "in 64 steps: greedy with blocks of 16, and temperature 0.7 (seed 0) with blocks of 4. "
+          "Each sample starts with its prompt and stops at the first `<|endoftext|>`.", ""]
     for prompt in ["Romeo.\n", "To be, or not", "OTHELLO.\n", "KING.\nMy lords,"]:
         ids = torch.tensor(tok.encode(prompt).ids)
-        for temperature in (0.0, 0.8):
-            seq, _ = generate(model_fn, ids[None], mask_id=cfg.mask_token_id, steps=128, gen_length=128,
-                              block_length=32, temperature=temperature, seed=0)
-            text = tok.decode(seq[0, len(ids):].tolist(), skip_special_tokens=False)
-            text = text.split(EOS)[0]
-            md += [f"**Prompt {prompt!r}, temperature {temperature}:**", "", "```",
+        for s in settings:
+            seq, _ = generate(model_fn, ids[None], mask_id=cfg.mask_token_id, **s)
+            text = tok.decode(seq[0, len(ids):].tolist(), skip_special_tokens=False).split(EOS)[0]
+            md += [f"Prompt {prompt!r}, " + ", ".join(f"{k} {v}" for k, v in s.items()) + ":", "", "```",
                    f"{prompt}{text}".rstrip(), "```", ""]
     md += ["## Infilling", "",
-           "Validation text (never trained on); the middle span is masked and filled back one token "
-           "per step, most confident position first (16 tokens, shown as underscores when masked).", ""]
-    long_enough = [text for text in val_texts if len(tok.encode(text).ids) >= 96]
-    for text in long_enough[::12][:3]:
-        ids = torch.tensor(tok.encode(text).ids[:96])
-        span = slice(40, 56)
-        filled = infill(model_fn, ids, span, cfg.mask_token_id)
-        md += ["```", "original: ..." + tok.decode(ids[30:66].tolist()).replace("\n", " / ") + "...",
-               "masked:   ..." + (tok.decode(ids[30:40].tolist()) + " [" + "_" * 16 + "] "
-                                  + tok.decode(ids[56:66].tolist())).replace("\n", " / ") + "...",
-               "filled:   ..." + (tok.decode(ids[30:40].tolist()) + " [" + tok.decode(filled[span].tolist())
-                                  + "] " + tok.decode(ids[56:66].tolist())).replace("\n", " / ") + "...",
-               "```", ""]
-    return "\n".join(md)
+           "Held-out text (never trained on): the middle third of a verse line's tokens is masked and "
+           "filled back one token per step, most confident position first, seeing up to 48 tokens "
+           "before and 24 after.", "", "```"]
+    for name in INFILL_WORKS:
+        before, line, after = (tok.encode(part).ids for part in verse_line(held_out[name]))
+        ids = torch.tensor(before[-48:] + line + after[:24])
+        lo, hi = len(before[-48:]) + len(line) // 3, len(before[-48:]) + len(line) - len(line) // 3
+        filled = infill(model_fn, ids, range(lo, hi), cfg.mask_token_id)
+        head, tail = tok.decode(ids[len(before[-48:]):lo].tolist()), tok.decode(ids[hi:len(ids) - len(after[:24])].tolist())
+        md += [f"{name}",
+               f"  original: {head}[{tok.decode(ids[lo:hi].tolist())}]{tail}",
+               f"  filled:   {head}[{tok.decode(filled[lo:hi].tolist())}]{tail}".replace("\n", " / ")]
+    return "\n".join(md + ["```", ""])
+
 
 # ----------------------------------------------------------------------------- main
 
@@ -367,7 +379,7 @@ def main():
     save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt"})
     (args.out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     write_report(args, raw, cfg, len(texts), train_ids, val_ids, total, train_seconds, history,
-                 samples(args.out, val_texts))
+                 samples(args.out, {name: val for (name, _), val in zip(texts, val_texts)}))
     print(f"wrote {args.out} in {time.time() - started:.0f}s", flush=True)
 
 
@@ -415,7 +427,7 @@ LLaDA format (`config.json` + `model.safetensors` with the public parameter name
 
 ## Training
 
-LLaDA pre-training objective: per sequence t ~ U({EPS_T}, 1), each token masked with
+LLaDA pre-training objective: per sequence t ~ U({EPS_T}, 1) (stratified across the batch), each token masked with
 probability t, loss = sum over masked tokens of CE / t, divided by batch * length.
 {total} steps of {BATCH} random crops of {MIN_LEN}-{MAX_LEN} tokens (one length per step),
 about {total * BATCH * (MIN_LEN + MAX_LEN) / 2 / 1e6:.1f}M tokens ({total * BATCH * (MIN_LEN + MAX_LEN) / 2 / len(train_ids):.1f} epochs).

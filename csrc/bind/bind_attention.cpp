@@ -1,4 +1,4 @@
-// Binding for bidirectional GQA attention.
+// Binding for bidirectional GQA attention (CPU and CUDA).
 #include <cmath>
 
 #include "attention.h"
@@ -9,14 +9,14 @@ namespace py = pybind11;
 namespace illada {
 
 static void attention(const TensorArg& out, const TensorArg& q, const TensorArg& k, const TensorArg& v,
-                      const TensorArg* key_mask, float scale) {
+                      const TensorArg* key_mask, float scale, uintptr_t stream) {
   ILLADA_CHECK(is_floating(q.dtype), "attention: q must be float32, bfloat16 or float16");
   const char* names[] = {"out", "q", "k", "v"};
   const TensorArg* ts[] = {&out, &q, &k, &v};
   for (int i = 0; i < 4; ++i) {
-    expect_cpu(*ts[i], "attention");
     expect(*ts[i], names[i], 4, q.dtype);
     expect_last_contiguous(*ts[i], names[i]);
+    expect_same_device(*ts[i], q, names[i], "q");
   }
   const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3);
   const int64_t Lk = k.size(1), Hkv = k.size(2);
@@ -35,20 +35,28 @@ static void attention(const TensorArg& out, const TensorArg& q, const TensorArg&
   p.scale = std::isnan(scale) ? 1.0f / std::sqrt(float(D)) : scale;
   p.dtype = q.dtype;
   if (key_mask) {
-    expect_cpu(*key_mask, "attention");
     expect(*key_mask, "key_mask", 2, DType::Bool);
+    expect_same_device(*key_mask, q, "key_mask", "q");
     expect_shape(*key_mask, "key_mask", {B, Lk});
     ILLADA_CHECK(key_mask->stride(1) == 1, "key_mask must be contiguous in its last dim");
     p.key_mask = static_cast<const uint8_t*>(key_mask->data());
     p.mask_stride = key_mask->stride(0);
   }
-  py::gil_scoped_release nogil;
-  attention_cpu(p);
+  if (q.cuda) {
+#ifdef ILLADA_WITH_CUDA
+    attention_cuda(p, reinterpret_cast<void*>(stream));
+#else
+    ILLADA_CHECK(false, "attention: this build of illada_rt has no CUDA kernels");
+#endif
+  } else {
+    py::gil_scoped_release nogil;
+    attention_cpu(p);
+  }
 }
 
 void register_attention(py::module_& m) {
   m.def("attention", &attention, py::arg("out"), py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("key_mask"), py::arg("scale") = NAN,
+        py::arg("key_mask"), py::arg("scale") = NAN, py::arg("stream") = 0,
         "Bidirectional attention: q [B, Lq, H, D], k/v [B, Lk, Hkv, D], key_mask [B, Lk] bool or None.");
 }
 

@@ -45,11 +45,6 @@ inline void expect_same_device(const TensorArg& a, const TensorArg& b, const cha
   ILLADA_CHECK(a.cuda == b.cuda, an << " and " << bn << " must be on the same device");
 }
 
-// CPU kernels only take host pointers; families without a CUDA kernel refuse device tensors.
-inline void expect_cpu(const TensorArg& t, const char* op) {
-  ILLADA_CHECK(!t.cuda, op << ": no CUDA kernel is built for this op yet; pass CPU tensors");
-}
-
 void register_norm(pybind11::module_& m);
 void register_elementwise(pybind11::module_& m);
 void register_attention(pybind11::module_& m);

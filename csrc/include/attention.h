@@ -29,4 +29,11 @@ struct AttentionParams {
 
 void attention_cpu(const AttentionParams& p);
 
+// CUDA (device pointers, on `stream`): bfloat16/float16 on tensor cores for head_dim 64 and 128
+// (other head dims raise), rows of q/k/v/out 16-byte aligned (data pointers 16-byte aligned,
+// batch/seq/head strides multiples of 8 elements, else raises); float32 with a plain CUDA-core
+// kernel for head_dim <= 256. The 16-bit path rounds the softmax weights to the element type
+// before the P.V product (as flash attention does); scores, softmax and sums stay float32.
+void attention_cuda(const AttentionParams& p, void* stream);
+
 }  // namespace illada

@@ -9,7 +9,21 @@
 //   select the top k[b] by conf (ties: lower position first), or, when k is null, every
 //   row with conf >= threshold plus the most confident one; write x0 into tokens there.
 //   masks_left[b] = masks remaining in the block afterwards.
+//
+// CUDA (remask_cuda): every pointer is a device pointer (k, step, seeds and row_offset
+// included) and nothing synchronises with the host or allocates. Differences from the CPU:
+//   - the softmax sum adds float32 exp(l - max) terms in float64 (the CPU exponentiates in
+//     float64), so conf agrees to ~1e-7 relative; the Gumbel scores are float64 with the
+//     CPU's formula and rounding (no FMA), so x0 agrees except at ties within an ulp or two;
+//   - non-finite logits (NaN or +inf in a masked row, or no finite choice) cannot raise:
+//     the kernel sets the sticky error word at the start of the workspace to non-zero, and
+//     while it is set no token is transferred (x0/conf/masks_left are still written).
+//     Nothing clears it but the caller; ops.remask_ does not synchronise to check it.
+//   - block_len <= kRemaskMaxBlockCuda (the per-sequence sort lives in shared memory).
+// Workspace layout (remask_workspace_bytes): [0, 16) error word (uint32) and padding,
+// then int64 token[batch * block_len], then float64 conf[batch * block_len].
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "dtype.h"
@@ -43,8 +57,21 @@ struct RemaskParams {
   int64_t* x0 = nullptr;            // optional out [batch, block_len]: chosen token (-1 if not masked)
   double* conf = nullptr;           // optional out [batch, block_len]: confidence (-inf if not masked)
   int64_t* masks_left = nullptr;    // optional out [batch]
+
+  // CUDA only (the CPU ignores them): caller-provided scratch of at least
+  // remask_workspace_bytes(batch, block_len) bytes, 16-byte aligned, zeroed once by the caller.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
+constexpr int64_t kRemaskMaxBlockCuda = 8192;
+
+// Scratch that remask_cuda needs for a [batch, block_len] block (host function, no CUDA calls).
+inline size_t remask_workspace_bytes(int64_t batch, int64_t block_len) {
+  return 16 + size_t(batch) * size_t(block_len) * (sizeof(int64_t) + sizeof(double));
+}
+
 void remask_cpu(const RemaskParams& p);
+void remask_cuda(const RemaskParams& p, void* stream);
 
 }  // namespace illada

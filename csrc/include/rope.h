@@ -22,5 +22,7 @@ struct RopeParams {
 };
 
 void rope_cpu(const RopeParams& p);
+// CUDA: x, cos and sin are device pointers; the same float32 arithmetic, no FMA contraction.
+void rope_cuda(const RopeParams& p, void* stream);
 
 }  // namespace illada

@@ -17,5 +17,7 @@ struct SwigluParams {
 };
 
 void swiglu_cpu(const SwigluParams& p);
+// CUDA: device pointers; silu uses the accurate expf and an IEEE division.
+void swiglu_cuda(const SwigluParams& p, void* stream);
 
 }  // namespace illada
