@@ -1,6 +1,7 @@
 // Bidirectional GQA attention on the CPU (see attention.h): for each (batch, head, query)
 // one pass of scores over the unmasked keys, a float32 softmax, then the weighted sum of V.
 #include "attention.h"
+#include "parallel.h"
 
 #include <cmath>
 #include <limits>
@@ -26,7 +27,7 @@ template <class T>
 void attention_rows(const AttentionParams& p) {
   const int64_t group = p.heads / p.kv_heads;
   const int64_t D = p.head_dim;
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(p.batch * p.heads * p.seq_q * p.seq_k * p.head_dim))
   {
     std::vector<float> scores(p.seq_k), qf(D), acc(D);
 #pragma omp for collapse(3) schedule(static)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "philox.h"
+#include "parallel.h"
 
 namespace illada {
 namespace {
@@ -71,7 +72,7 @@ void remask_impl(const RemaskParams& p) {
   std::vector<Choice> choice(size_t(B * Lb), Choice{-1, kNegInf});
   bool non_finite = false;
 
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(B * Lb * p.vocab))
   {
     std::vector<float> l(size_t(p.vocab));
 #pragma omp for collapse(2) schedule(dynamic, 1)

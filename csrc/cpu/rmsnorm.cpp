@@ -1,5 +1,6 @@
 // out[r] = w * round(x[r] * rsqrt(mean(x[r]^2) + eps)), optionally after residual[r] += x[r].
 #include "rmsnorm.h"
+#include "parallel.h"
 
 #include <cmath>
 
@@ -9,7 +10,7 @@ namespace {
 template <class T>
 void rmsnorm_rows(const RmsNormParams& p) {
   const T* w = static_cast<const T*>(p.weight);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(p.rows * p.dim))
   for (int64_t r = 0; r < p.rows; ++r) {
     const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
     T* out = static_cast<T*>(p.out) + r * p.out_stride;

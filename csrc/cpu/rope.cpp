@@ -1,5 +1,6 @@
 // In-place rotate-half RoPE from a precomputed cos/sin table (see rope.h).
 #include "rope.h"
+#include "parallel.h"
 
 namespace illada {
 namespace {
@@ -7,7 +8,7 @@ namespace {
 template <class T>
 void rope_rows(const RopeParams& p) {
   const int64_t half = p.head_dim / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (worth_parallel(p.batch * p.seq * p.heads * p.head_dim))
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t l = 0; l < p.seq; ++l) {
       const float* c = p.cos + (p.position_start + l) * half;

@@ -1,5 +1,6 @@
 // out = round(round(silu(gate)) * up), silu(g) = g / (1 + exp(-g)).
 #include "swiglu.h"
+#include "parallel.h"
 
 #include <cmath>
 
@@ -8,7 +9,7 @@ namespace {
 
 template <class T>
 void swiglu_rows(const SwigluParams& p) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(p.rows * p.cols))
   for (int64_t r = 0; r < p.rows; ++r) {
     const T* g = static_cast<const T*>(p.gate) + r * p.gate_stride;
     const T* u = static_cast<const T*>(p.up) + r * p.up_stride;
