@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             return _bench(argv[1:])
         args = _parser().parse_args(argv)
         return {"generate": _generate, "chat": _chat, "infill": _infill, "info": _info}[args.command](args)
-    except (ValueError, NotImplementedError, OSError) as e:
+    except (ValueError, NotImplementedError, OSError, RuntimeError) as e:
         print(f"illada-rt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

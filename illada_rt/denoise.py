@@ -71,13 +71,48 @@ def _pending(span: torch.Tensor, owns: Optional[torch.Tensor], mask_id: int) -> 
     return span == mask_id if owns is None else (span == mask_id) & owns
 
 
+class StepBuffers:
+    """What the steps of one generation share, on the canvas's device, allocated once.
+
+    Every step reuses them, so a step allocates nothing beyond its forward pass.
+    """
+
+    def __init__(self, canvas: torch.Tensor, blocks: List[Block], s: DenoiseSettings):
+        B, L = canvas.shape
+        dev = canvas.device
+        self.step = torch.zeros(B, dtype=torch.int64, device=dev)           # [B] forward index: RNG counter
+        self.masks_left = torch.empty(B, dtype=torch.int64, device=dev)     # [B] block masks left after a step
+        self.k = torch.empty(s.steps_per_block, B, dtype=torch.int64, device=dev)  # [steps, B] block schedule
+        # CFG: [2B, L] the canvas, then the canvas with its prompt masked (the unconditional branch)
+        self.pair = torch.empty(2 * B, L, dtype=torch.int64, device=dev) if s.cfg_scale > 0 else None
+        # CUDA remask scratch, zeroed once; word 0 turns non-zero (sticky) on non-finite logits
+        width = max(hi - lo for lo, hi, _ in blocks)
+        self.workspace = ops.remask_workspace(B, width, dev) if canvas.is_cuda else None
+
+    def check_finite(self, block: int):
+        """Raise if a CUDA remask met non-finite logits (one 8-byte device read)."""
+        if self.workspace is not None and int(self.workspace[0]) != 0:
+            raise RuntimeError(f"remask: logits contain NaN or infinity (the model produced non-finite values; "
+                               f"detected on CUDA at the end of block {block})")
+
+
+def scheduled_steps(counts: torch.Tensor, schedule: torch.Tensor) -> int:
+    """Steps the top-k rule takes on a block whose rows hold counts [B] masks, given the
+    schedule [B, steps]: until every row is filled (a step transfers exactly its count)."""
+    unfinished = schedule.cumsum(1) < counts[:, None]              # [B, steps] masks left after step i
+    return int(bool((counts > 0).any())) + int(unfinished.any(0).sum())
+
+
 @torch.no_grad()
 def denoise_steps(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], blocks: List[Block],
                   prompt_len: int, seeds: torch.Tensor, row_offset: torch.Tensor,
                   s: DenoiseSettings) -> Iterator[Progress]:
     """Fill the masks of canvas [B, L] block by block, in place, yielding after each step and block.
 
-    prompt_len: where the answer starts (early stop looks at canvas[:, prompt_len:]).
+    Every tensor is on the model's device. prompt_len: where the answer starts (early stop
+    looks at canvas[:, prompt_len:]). Loop control reads the device once per block (the
+    block's mask counts, and the CUDA error word) and, with a threshold, once per step
+    (masks_left); the top-k rule's step count follows from the schedule.
     """
     cfg = model.cfg
     B = canvas.shape[0]
@@ -86,41 +121,47 @@ def denoise_steps(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[to
     prompt_index = canvas != mask_id
     key_mask2 = None if key_mask is None else key_mask.repeat(2, 1)
     cache = None if s.cache is None else BlockCache(model, s.cache)
-    step = torch.zeros(B, dtype=torch.int64)
-    masks_left = torch.empty(B, dtype=torch.int64)
-    finished = torch.zeros(B, dtype=torch.bool)
-    stop_ids = torch.tensor(list(s.stop_token_ids), dtype=torch.int64)
+    buf = StepBuffers(canvas, blocks, s)
+    finished = torch.zeros(B, dtype=torch.bool, device=canvas.device)
+    stop_ids = torch.tensor(list(s.stop_token_ids), dtype=torch.int64, device=canvas.device)
     nfe = 0
     for blk, (lo, hi, owns) in enumerate(blocks):
         span = canvas[:, lo:hi]                                   # [B, Lb] view
-        schedule = num_transfer_tokens(_pending(span, owns, mask_id).sum(1), s.steps_per_block)
+        counts = _pending(span, owns, mask_id).sum(1).cpu()       # [B] masks this block fills
+        # masks of the span owned by a later block: hidden from remask for the whole block
+        hidden = None if owns is None else (span == mask_id) & ~owns
+        if s.threshold is None:
+            schedule = num_transfer_tokens(counts, s.steps_per_block)                      # [B, steps]
+            buf.k.copy_(schedule.t())
+            steps = scheduled_steps(counts, schedule)
+        else:
+            steps = int(counts.max())  # a bound: each step fills at least one mask of every unfilled row
         i = 0
-        while bool(_pending(span, owns, mask_id).any()):
-            if s.threshold is None and i >= s.steps_per_block:
-                break
+        while i < steps and (i == 0 or s.threshold is None or any(buf.masks_left.tolist())):
             uncond = None
             if s.cfg_scale > 0:
-                uncond_canvas = canvas.masked_fill(prompt_index, mask_id)
-                both = model.logits(torch.cat([canvas, uncond_canvas]), key_mask2, slice(lo, hi))  # [2B, Lb, E]
+                buf.pair[:B].copy_(canvas)
+                buf.pair[B:].copy_(canvas).masked_fill_(prompt_index, mask_id)
+                both = model.logits(buf.pair, key_mask2, slice(lo, hi))                     # [2B, Lb, E]
                 cond, uncond = both[:B], both[B:]
             elif cache is not None:
                 cond = cache.block_logits(canvas, key_mask, lo, hi, i)                        # [B, Lb, E]
             else:
                 cond = model.logits(canvas, key_mask, slice(lo, hi))                          # [B, Lb, E]
-            hidden = None if owns is None else (span == mask_id) & ~owns
             if hidden is not None:
                 span.masked_fill_(hidden, hide_id)
-            step.fill_(nfe)
+            buf.step.fill_(nfe)
             ops.remask_(cond, canvas, lo, vocab=cfg.vocab_size, mask_id=mask_id, seeds=seeds,
-                        row_offset=row_offset, step=step, uncond=uncond, cfg_scale=s.cfg_scale,
+                        row_offset=row_offset, step=buf.step, uncond=uncond, cfg_scale=s.cfg_scale,
                         temperature=s.temperature, remasking=s.remasking,
-                        k=None if s.threshold is not None else schedule[:, i].contiguous(),
-                        threshold=s.threshold, masks_left=masks_left)
+                        k=None if s.threshold is not None else buf.k[i],
+                        threshold=s.threshold, masks_left=buf.masks_left, workspace=buf.workspace)
             if hidden is not None:
                 span.masked_fill_(hidden, mask_id)
             nfe += 1
             i += 1
             yield Progress("step", blk, nfe, False)
+        buf.check_finite(blk)
         if len(stop_ids):
             _fill_after_stop(canvas[:, prompt_len:], hi - prompt_len, stop_ids, finished, s.fill_id)
         stop = len(stop_ids) > 0 and bool(finished.all())
@@ -142,6 +183,6 @@ def answer_lengths(answer: torch.Tensor, stop_token_ids: Sequence[int]) -> torch
     """[B] number of answer tokens before the first stop token (the whole answer if none)."""
     if not stop_token_ids:
         return torch.full((answer.shape[0],), answer.shape[1], dtype=torch.int64)
-    hit = torch.isin(answer, torch.tensor(list(stop_token_ids), dtype=torch.int64))
-    first = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), torch.tensor(answer.shape[1]))
+    hit = torch.isin(answer, torch.tensor(list(stop_token_ids), dtype=torch.int64, device=answer.device))
+    first = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), torch.tensor(answer.shape[1], device=answer.device))
     return first.to(torch.int64)

@@ -7,6 +7,9 @@
     for event in eng.stream(input_ids, gen_length=128, block_length=32, steps=128): ...
     eng.infill(ids_with_masks, steps=16).sequences
     eng.log_likelihood(prompts, answers, mc_num=128), eng.score_choices(prompt, options)
+
+device="cuda" runs every step on the GPU (see device.py): inputs may be given on any device;
+sequences, stream events, infills and scores come back on the CPU, logits stay on the device.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from . import infill as infill_mod
 from . import likelihood, validate
 from .config import ModelConfig
 from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
+from .device import resolve_device
 from .infill import InfillOutput
 from .model import LLaDAModel
 from .stream import StreamEvent, stream_events
@@ -44,13 +48,13 @@ class GenerationOutput:
 @dataclass
 class _Job:
     """A checked generation request laid out on its canvas."""
-    canvas: torch.Tensor               # [B, P + gen_length] int64: the prompt, then masks
-    key_mask: Optional[torch.Tensor]   # [B, P + gen_length] bool, or None without padding
+    canvas: torch.Tensor               # [B, P + gen_length] int64 on the device: the prompt, then masks
+    key_mask: Optional[torch.Tensor]   # [B, P + gen_length] bool, or None without padding (device)
     prompt_len: int
     block_length: int
     blocks: List[Block]
-    seeds: torch.Tensor                # [B] seed + b
-    row_offset: torch.Tensor           # [B] left padding
+    seeds: torch.Tensor                # [B] seed + b (device)
+    row_offset: torch.Tensor           # [B] left padding (device)
     settings: DenoiseSettings
     stops: List[int]
     seed: int
@@ -77,35 +81,36 @@ class Engine:
     def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None):
         self.model = model
         self.cfg: ModelConfig = model.cfg
+        self.device: torch.device = model.device
         self.model_dir = model_dir
         self._codec: Optional[TextCodec] = None
 
     @classmethod
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
                         dtype: Union[str, torch.dtype] = "float32", progress=None) -> "Engine":
-        """progress: optional callable (tensors loaded, tensors in all), called while loading."""
+        """device: "cpu" or "cuda[:N]" (RuntimeError naming the reason where CUDA cannot run).
+        progress: optional callable (tensors loaded, tensors in all), called while loading."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
-        dev = torch.device(device)
-        if dev.type != "cpu":
-            raise NotImplementedError(
-                f"device {device!r}: this release runs generation on the CPU kernels only; "
-                "the CUDA engine path is not available yet")
+        dev = resolve_device(device)
         cfg = ModelConfig.from_dir(model_dir)
-        return cls(LLaDAModel.load(model_dir, cfg, torch_dtype, progress), model_dir)
+        return cls(LLaDAModel.load(model_dir, cfg, torch_dtype, progress, dev), model_dir)
+
+    def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.to(self.device)
 
     # ------------------------------------------------------------------ tokens
 
     @torch.no_grad()
     def logits(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """Full-sequence logits [B, L, vocab_size] float32 (masks allowed in the input)."""
+        """Full-sequence logits [B, L, vocab_size] float32 on the engine's device (masks allowed in the input)."""
         ids = validate.as_token_batch(input_ids)
         validate.check_tokens(ids, self.cfg, allow_mask=True)
         if ids.shape[1] > self.cfg.max_sequence_length:
             raise ValueError(f"input length {ids.shape[1]} exceeds max_sequence_length {self.cfg.max_sequence_length}")
         mask = validate.as_attention_mask(attention_mask, ids)
         key_mask = None if mask is None else mask.bool()
-        return self.model.logits(ids, key_mask).float()[..., : self.cfg.vocab_size]
+        return self.model.logits(self._on_device(ids), self._on_device(key_mask)).float()[..., : self.cfg.vocab_size]
 
     def generate(self, input_ids, attention_mask=None, gen_length: int = 128, block_length: int = 32,
                  steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
@@ -126,8 +131,9 @@ class Engine:
                             stop_token_ids=stop_token_ids)
         nfe = denoise(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset,
                       job.settings)
-        answers = job.canvas[:, job.prompt_len:]
-        return GenerationOutput(job.canvas, nfe, answer_lengths(answers, job.stops), job.prompt_len, job.seed)
+        sequences = job.canvas.cpu()
+        return GenerationOutput(sequences, nfe, answer_lengths(sequences[:, job.prompt_len:], job.stops),
+                                job.prompt_len, job.seed)
 
     def stream(self, input_ids, attention_mask=None, every_step: bool = False, **options) -> Iterator[StreamEvent]:
         """generate() as a stream of StreamEvents (see stream.py): one per finished block, and
@@ -143,7 +149,7 @@ class Engine:
                  temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
                  threshold: Optional[float] = None, cache: Optional[str] = None, seed: Optional[int] = None,
                  stop_at_eos: bool = False, stop_token_ids: Optional[Sequence[int]] = None) -> "_Job":
-        """Check generation arguments and lay out the canvas [B, P + gen_length]."""
+        """Check generation arguments and lay out the canvas [B, P + gen_length] on the device."""
         ids = validate.as_token_batch(input_ids)
         validate.check_tokens(ids, self.cfg)
         mask = validate.as_attention_mask(attention_mask, ids)
@@ -166,8 +172,9 @@ class Engine:
             key_mask = torch.cat([mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], 1)
             row_offset = (mask == 0).sum(1).to(torch.int64)
         seeds = torch.arange(B, dtype=torch.int64) + seed
-        return _Job(canvas, key_mask, P, block_length, answer_blocks(P, gen_length, block_length), seeds,
-                    row_offset, settings, stops, seed)
+        dev = self._on_device
+        return _Job(dev(canvas), dev(key_mask), P, block_length, answer_blocks(P, gen_length, block_length),
+                    dev(seeds), dev(row_offset), settings, stops, seed)
 
     def _stop_ids(self, stop_token_ids) -> List[int]:
         if stop_token_ids is not None:
@@ -192,8 +199,10 @@ class Engine:
         settings = DenoiseSettings(steps_per_block=plan.steps_per_block, temperature=float(temperature),
                                    remasking=remasking, threshold=None if threshold is None else float(threshold))
         seeds = torch.arange(plan.canvas.shape[0], dtype=torch.int64) + seed
-        nfe = denoise(self.model, plan.canvas, plan.key_mask, plan.blocks, 0, seeds, plan.row_offset, settings)
-        return InfillOutput(plan.canvas, nfe, seed)
+        dev = self._on_device
+        canvas, blocks = dev(plan.canvas), [Block(lo, hi, dev(owns)) for lo, hi, owns in plan.blocks]
+        nfe = denoise(self.model, canvas, dev(plan.key_mask), blocks, 0, dev(seeds), dev(plan.row_offset), settings)
+        return InfillOutput(canvas.cpu(), nfe, seed)
 
     def log_likelihood(self, prompts, answers, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                        seed: int = 0) -> Union[float, torch.Tensor]:

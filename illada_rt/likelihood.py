@@ -94,7 +94,11 @@ def _answer_logprobs(model: LLaDAModel, tokens: torch.Tensor, key_mask: Optional
                      targets: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """log p(targets) [B, A] float32 at the answer rows [P, P + A) of tokens [B, L].
 
+    Inputs on the CPU; the forward runs on the model's device, the result comes back to the CPU.
     CFG as in LLaDA: the unconditional branch has the prompt masked."""
+    dev = model.device
+    tokens, targets = tokens.to(dev), targets.to(dev)
+    key_mask = None if key_mask is None else key_mask.to(dev)
     rows = slice(prompt_len, prompt_len + targets.shape[1])
     if cfg_scale > 0:
         uncond = tokens.clone()
@@ -105,7 +109,7 @@ def _answer_logprobs(model: LLaDAModel, tokens: torch.Tensor, key_mask: Optional
     else:
         logits = model.logits(tokens, key_mask, rows)                     # [B, A, E]
     logp = F.log_softmax(logits.float()[..., : model.cfg.vocab_size], dim=-1)
-    return torch.gather(logp, -1, targets[..., None]).squeeze(-1)
+    return torch.gather(logp, -1, targets[..., None]).squeeze(-1).cpu()
 
 
 @torch.no_grad()

@@ -34,13 +34,18 @@ class LLaDAModel:
                  head: torch.Tensor):
         self.cfg = cfg
         self.wte, self.layers, self.ln_f, self.head = wte, layers, ln_f, head
-        self.dtype = wte.dtype
-        self.rope_cos, self.rope_sin = ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta)
+        self.dtype, self.device = wte.dtype, wte.device
+        # [max_sequence_length, head_dim / 2] float32 each, beside the weights
+        self.rope_cos, self.rope_sin = (t.to(self.device) for t in
+                                        ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta))
 
     @classmethod
-    def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype, progress=None) -> "LLaDAModel":
-        """Stream the weights from a checkpoint directory (see loader.iter_weights)."""
-        return cls.from_weights(cfg, iter_weights(model_dir, cfg, dtype, progress))
+    def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype, progress=None,
+             device: torch.device = torch.device("cpu")) -> "LLaDAModel":
+        """Stream the weights from a checkpoint directory (see loader.iter_weights) onto `device`,
+        tensor by tensor: the host holds one converted tensor at a time, never a second model."""
+        named = ((name, t.to(device)) for name, t in iter_weights(model_dir, cfg, dtype, progress))
+        return cls.from_weights(cfg, named)
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]]) -> "LLaDAModel":
@@ -131,7 +136,8 @@ class LLaDAModel:
     def new_cache(self, batch: int, length: int) -> KVCache:
         """Uninitialised per-layer (K, V), each [batch, length, Hkv, hd] in the model dtype."""
         shape = (batch, length, self.cfg.n_kv_heads, self.cfg.head_dim)
-        return [(torch.empty(shape, dtype=self.dtype), torch.empty(shape, dtype=self.dtype)) for _ in self.layers]
+        return [(torch.empty(shape, dtype=self.dtype, device=self.device),
+                 torch.empty(shape, dtype=self.dtype, device=self.device)) for _ in self.layers]
 
     def prefill(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: slice,
                 cache: Optional[KVCache] = None):

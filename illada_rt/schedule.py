@@ -12,5 +12,5 @@ def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     """
     masked_count = masked_count.to(torch.int64)
     base = (masked_count // steps)[:, None].expand(-1, steps)
-    extra = torch.arange(steps)[None, :] < (masked_count % steps)[:, None]
+    extra = torch.arange(steps, device=masked_count.device)[None, :] < (masked_count % steps)[:, None]
     return base + extra.to(torch.int64)

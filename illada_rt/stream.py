@@ -38,15 +38,16 @@ def stream_events(progress: Iterator[Progress], canvas: torch.Tensor, prompt_len
     The block event that ends the generation (the last block, or early stop) carries the
     rest of the answer, so the events always cover all of it.
     decode: answers so far [B, upto] -> texts, or None for no text.
+    Event tokens are CPU copies, whatever the canvas's device.
     """
     gen_length = canvas.shape[1] - prompt_len
     done = 0
     for p in progress:
         if p.kind == "step":
             if every_step:
-                yield StreamEvent("step", p.block, p.nfe, canvas.clone(), 0, None)
+                yield StreamEvent("step", p.block, p.nfe, canvas.to("cpu", copy=True), 0, None)
             continue
         upto = gen_length if p.last else (p.block + 1) * block_length
-        answers = canvas[:, prompt_len:prompt_len + upto].clone()
+        answers = canvas[:, prompt_len:prompt_len + upto].to("cpu", copy=True)
         yield StreamEvent("block", p.block, p.nfe, answers, done, None if decode is None else decode(answers))
         done = upto

@@ -67,6 +67,7 @@ def test_info(text_dir):
     (["generate", "w1", "--dtype", "float64"], "invalid choice"),
     (["generate", "w1", "--steps", "x"], "invalid int value"),
     (["generate", "w1", "--threshold", "2"], "threshold"),
+    (["generate", "w1", "--device", "cuda"], "is unavailable"),
     (["info"], None),
 ])
 def test_bad_arguments_exit_nonzero_with_one_line(text_dir, args, message):

@@ -121,5 +121,7 @@ def test_bad_dtype_and_device(tmp_path):
     write_checkpoint(str(tmp_path), "llada")
     with pytest.raises(ValueError, match="dtype"):
         Engine.from_pretrained(str(tmp_path), dtype="float64")
-    with pytest.raises(NotImplementedError, match="CPU"):
-        Engine.from_pretrained(str(tmp_path), device="cuda")
+    for device in ("tpu", "mps"):
+        with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
+            Engine.from_pretrained(str(tmp_path), device=device)
+    # device="cuda" where CUDA cannot run: test_cuda_engine.py

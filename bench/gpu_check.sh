@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# One-call GPU verification of illada_rt, run from the repository root on a GPU machine:
+#
+#   bash bench/gpu_check.sh [OUT_DIR]      # default: $OUT, else ./gpu_check_out
+#
+# 1. environment: nvidia-smi, python, torch, nvcc, cmake, ninja, pybind11 (and wheels from .whl/ when
+#    something is missing: `pip install --no-index .whl/*.whl`; the machine may have no internet)
+# 2. build: pip install --no-build-isolation --no-deps -e .   (ILLADA_CUDA_ARCHS=90a, MAX_JOBS=16)
+# 3. tests: pytest -q -x -k cuda, then the rest of the suite (-k "not cuda")
+# 4. bench: bench/bench_generate.py --device cuda on the LLaDA-8B shape (random weights, bfloat16)
+# 5. summary: one table, also in OUT_DIR/summary.md
+#
+# Logs go to OUT_DIR (flat, at most 8 files). Every phase has a time cap and the whole script a
+# budget (GPU_CHECK_BUDGET_S, default 560 s), so it ends within 10 minutes; a phase without time
+# left is reported as skipped. Exit status: 0 when every phase passed, 1 otherwise.
+set -u -o pipefail
+
+OUT_DIR="${1:-${OUT:-./gpu_check_out}}"
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-560}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+export ILLADA_CUDA_ARCHS="${ILLADA_CUDA_ARCHS:-90a}" MAX_JOBS="${MAX_JOBS:-16}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" PYTHONUNBUFFERED=1
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
+
+SUMMARY=()   # "phase|status|seconds|log"
+FAILED=0
+
+left() { echo $((BUDGET_S - SECONDS)); }
+
+# run_phase NAME CAP_S LOG CMD...: run CMD with its output teed to LOG, capped at min(CAP_S, budget left - 15).
+run_phase() {
+  local name="$1" cap="$2" log="$3"; shift 3
+  local limit=$(( $(left) - 15 < cap ? $(left) - 15 : cap ))
+  if [ "$limit" -lt 20 ]; then
+    SUMMARY+=("$name|SKIPPED (no time left)|0|-"); FAILED=1; return 1
+  fi
+  local start=$SECONDS rc
+  { echo "### $name: $*  (time cap ${limit}s)"; } | tee -a "$OUT_DIR/$log"
+  timeout -s INT -k 15 "$limit" "$@" 2>&1 | tee -a "$OUT_DIR/$log"
+  rc=${PIPESTATUS[0]}
+  local took=$((SECONDS - start)) status="ok"
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ] || [ "$rc" -eq 137 ]; then status="TIMEOUT after ${limit}s"; elif [ "$rc" -ne 0 ]; then status="FAILED (exit $rc)"; fi
+  [ "$status" = ok ] || FAILED=1
+  SUMMARY+=("$name|$status|$took|$log")
+  [ "$status" = ok ]
+}
+
+# ------------------------------------------------------------------ 1. environment
+ENV_LOG="$OUT_DIR/env.log"
+{
+  echo "### gpu_check $(date -u +%FT%TZ) in $(pwd), output $OUT_DIR, budget ${BUDGET_S}s"
+  echo "### git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
+  nvidia-smi || echo "nvidia-smi: not available"
+  echo "### python: $PY ($("$PY" --version 2>&1))"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())" 2>&1
+  echo "### nvcc: $(command -v nvcc || echo missing)"; nvcc --version 2>&1 | tail -2
+  echo "### cmake: $(cmake --version 2>/dev/null | head -1 || echo missing); ninja: $(ninja --version 2>/dev/null || echo missing)"
+} 2>&1 | tee "$ENV_LOG"
+
+missing_tools() {  # what the build and the tests need that is not importable / on the PATH
+  local m=()
+  "$PY" -c "import pybind11" 2>/dev/null || m+=(pybind11)
+  command -v cmake >/dev/null || m+=(cmake)
+  command -v ninja >/dev/null || m+=(ninja)
+  for mod in torch safetensors tokenizers jinja2 pytest numpy; do "$PY" -c "import $mod" 2>/dev/null || m+=("$mod"); done
+  echo "${m[@]:-}"
+}
+MISSING="$(missing_tools)"
+if [ -n "$MISSING" ]; then
+  echo "### missing: $MISSING" | tee -a "$ENV_LOG"
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    echo "### installing the carried wheels: pip install --no-index .whl/*.whl" | tee -a "$ENV_LOG"
+    "$PY" -m pip install --no-index .whl/*.whl 2>&1 | tail -5 | tee -a "$ENV_LOG"
+  else
+    echo "### no .whl/ folder: trying the package index for the build tools (fails without internet)" | tee -a "$ENV_LOG"
+    "$PY" -m pip install pybind11 ninja cmake 2>&1 | tail -3 | tee -a "$ENV_LOG"
+  fi
+  hash -r
+  MISSING="$(missing_tools)"
+fi
+if [ -n "$MISSING" ]; then
+  echo "### FATAL: still missing: $MISSING. Carry wheels for them in .whl/ (see bench/README.md)." | tee -a "$ENV_LOG"
+  SUMMARY+=("environment|FAILED (missing: $MISSING)|$SECONDS|env.log"); FAILED=1
+else
+  SUMMARY+=("environment|ok|$SECONDS|env.log")
+fi
+
+# ------------------------------------------------------------------ 2. build
+BUILT=0
+if [ "$FAILED" -eq 0 ]; then
+  if ! command -v nvcc >/dev/null; then
+    echo "### FATAL: nvcc not found (PATH or /usr/local/cuda/bin): the build would have no CUDA kernels" | tee -a "$ENV_LOG"
+    SUMMARY+=("build|FAILED (no nvcc)|0|env.log"); FAILED=1
+  elif run_phase "build (archs $ILLADA_CUDA_ARCHS)" 300 build.log \
+        "$PY" -m pip install --no-build-isolation --no-deps -v -e . ; then
+    run_phase "extension sees the GPU" 60 build.log "$PY" -c "
+from illada_rt import ops
+info, (count, why) = ops.build_info(), ops.cuda_devices()
+print('build_info', info); print('cuda_devices', count, why)
+assert info['cuda'], 'the extension was built without CUDA kernels'
+assert count > 0, 'the extension CUDA runtime sees no device: ' + why
+" && BUILT=1
+  fi
+fi
+
+# ------------------------------------------------------------------ 3. tests
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+if [ "$BUILT" -eq 1 ]; then
+  run_phase "pytest -k cuda" 170 test_cuda.log "$PY" -m pytest python_tests -q -x -k cuda -rPs -p no:cacheprovider
+  run_phase "pytest (rest of the suite)" 150 test_rest.log \
+    "$PY" -m pytest python_tests -q -k "not cuda" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+else
+  SUMMARY+=("tests|SKIPPED (no CUDA build)|0|-")
+fi
+
+# ------------------------------------------------------------------ 4. bench
+BENCH_TMP="$(mktemp -d)"
+if [ "$BUILT" -eq 1 ]; then
+  BENCH=("$PY" bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic llada-8b --repeats 3)
+  run_phase "bench b1 p256 g256 exact" 110 bench.log "${BENCH[@]}" --batch 1 --prompt-len 256 --gen-length 256 \
+    --block-length 32 --out "$BENCH_TMP/1.json"
+  run_phase "bench b1 p256 g256 dual cache" 90 bench.log "${BENCH[@]}" --batch 1 --prompt-len 256 --gen-length 256 \
+    --block-length 32 --cache dual --out "$BENCH_TMP/2.json"
+  run_phase "bench b8 p128 g128 exact" 110 bench.log "${BENCH[@]}" --batch 8 --prompt-len 128 --gen-length 128 \
+    --block-length 32 --out "$BENCH_TMP/3.json"
+  "$PY" - "$BENCH_TMP" "$OUT_DIR/bench.json" <<'EOF'
+import glob, json, sys
+runs = [json.load(open(p)) for p in sorted(glob.glob(sys.argv[1] + "/*.json"))]
+json.dump(runs, open(sys.argv[2], "w"), indent=2)
+EOF
+else
+  SUMMARY+=("bench|SKIPPED (no CUDA build)|0|-")
+fi
+rm -rf "$BENCH_TMP"
+
+# ------------------------------------------------------------------ 5. summary
+{
+  echo
+  echo "## gpu_check summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1), ${SECONDS}s)"
+  echo
+  echo "| phase | status | seconds | log |"
+  echo "|---|---|---|---|"
+  for row in "${SUMMARY[@]}"; do IFS='|' read -r a b c d <<<"$row"; echo "| $a | $b | $c | $d |"; done
+  if [ -f "$OUT_DIR/test_cuda.log" ]; then
+    echo; echo "tests (-k cuda): $(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/test_cuda.log" | tail -1)"
+    grep -h "bf16 vs float32" "$OUT_DIR/test_cuda.log" | sed 's/^/  /'
+  fi
+  [ -f "$OUT_DIR/test_rest.log" ] && echo "tests (rest): $(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/test_rest.log" | tail -1)"
+  if [ -f "$OUT_DIR/bench.log" ]; then
+    echo; echo "bench (LLaDA-8B shape, random weights, bfloat16):"
+    grep -E '^\| illada_rt|^\(batch' "$OUT_DIR/bench.log" | sed 's/^/  /'
+  fi
+  echo; [ "$FAILED" -eq 0 ] && echo "RESULT: all phases passed" || echo "RESULT: some phases FAILED or were skipped"
+} | tee "$OUT_DIR/summary.md"
+exit "$FAILED"
