@@ -56,18 +56,8 @@ def attention(q, k, v, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def block_forward(x, w: Dict[str, torch.Tensor], cfg: ModelConfig, key_mask):
-    B, L, _ = x.shape
-    hd = cfg.head_dim
-    h = rms_norm(x, w["attn_norm.weight"], cfg.rms_norm_eps)
-    q = F.linear(h, w["q_proj.weight"]).view(B, L, cfg.n_heads, hd).transpose(1, 2)
-    k = F.linear(h, w["k_proj.weight"]).view(B, L, cfg.n_kv_heads, hd).transpose(1, 2)
-    v = F.linear(h, w["v_proj.weight"]).view(B, L, cfg.n_kv_heads, hd).transpose(1, 2)
-    q, k = rotary(q, cfg.rope_theta), rotary(k, cfg.rope_theta)
-    att = attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, cfg.d_model)
-    x = x + F.linear(att, w["attn_out.weight"])
-    h = rms_norm(x, w["ff_norm.weight"], cfg.rms_norm_eps)
-    ff = F.silu(F.linear(h, w["ff_proj.weight"])) * F.linear(h, w["up_proj.weight"])
-    return x + F.linear(ff, w["ff_out.weight"])
+    """One LLaDA block on x [B, L, d] at positions 0..L-1: x + attn(norm(x)), then + SwiGLU FFN."""
+    return block_forward_kv(x, w, cfg, key_mask, past=None, start=0, replace=False)[0]
 
 
 def block_forward_kv(x, w: Dict[str, torch.Tensor], cfg: ModelConfig, key_mask, past, start: int, replace: bool):

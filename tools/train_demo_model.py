@@ -258,6 +258,7 @@ def infill(model_fn, ids: torch.Tensor, span: range, mask_id: int) -> torch.Tens
     x[list(span)] = mask_id
     while (x == mask_id).any():
         probs = model_fn(x[None])[0].softmax(-1)                  # [L, vocab]
+        probs[:, mask_id] = 0.0                                    # never "fill" with the mask itself
         conf, pred = probs.max(-1)
         conf[x != mask_id] = -1.0
         i = int(conf.argmax())
