@@ -6,41 +6,17 @@ to the lowest id). conf sums float32 exp terms in float64, so it agrees to ~1e-7
 transfer is therefore checked as the reference rule applied to the kernel's own confidences
 (a near-tie between two rows could otherwise flip), after checking those against the reference.
 """
-import zlib
-
 import pytest
 import torch
 
 from illada_rt import build_info, ops, reference, rng
+from test_remask import generator, make_step  # the CPU tests' random step inputs
 
 pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and build_info()["cuda"] and ops.cuda_devices()[0] > 0),
                                 reason="needs a CUDA device and a CUDA build")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NEG_INF = float("-inf")
-
-
-def generator(*case):
-    return torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
-
-
-def make_step(g, *, B, Lb, vocab, pad_cols=0, block_start=4, tail=5, mask_id=None, dtype=torch.float32,
-              masked_frac=0.7, logit_scale=3.0):
-    """CPU inputs of one step: tokens [B, block_start + Lb + tail] (the block ~masked_frac masked),
-    logits [B, Lb, vocab + pad_cols] in dtype with huge padded columns (never chosen)."""
-    mask_id = vocab - 3 if mask_id is None else mask_id
-    T = block_start + Lb + tail
-    tokens = torch.randint(0, vocab, (B, T), generator=g)
-    tokens[tokens == mask_id] = (mask_id + 1) % vocab
-    tokens[:, :block_start][torch.rand(B, block_start, generator=g) < 0.3] = mask_id
-    block = tokens[:, block_start: block_start + Lb]
-    block[torch.rand(B, Lb, generator=g) < masked_frac] = mask_id
-    tokens[:, block_start + Lb:] = mask_id
-    logits = torch.randn(B, Lb, vocab + pad_cols, generator=g) * logit_scale
-    logits[..., vocab:] = 1e4
-    return dict(tokens=tokens, block_start=block_start, vocab=vocab, mask_id=mask_id, logits=logits.to(dtype),
-                seeds=torch.randint(0, 2**40, (B,), generator=g), row_offset=torch.zeros(B, dtype=torch.int64),
-                step=torch.randint(0, 50, (B,), generator=g))
 
 
 def reference_step(case, *, uncond=None, cfg_scale=0.0, temperature=0.0, remasking="low_confidence", k=None,
