@@ -1,0 +1,213 @@
+"""The scheduler: one thread that owns the model and serves every request.
+
+Requests wait in a bounded FIFO queue. Between steps the thread admits waiting requests
+into the running batch (up to max_batch_size rows, while the head of the queue shares the
+batch's sampling settings), runs one denoising step for all rows, and retires rows whose
+request completed, failed, timed out or was cancelled. Rows join and leave at their own
+block boundaries, so a long answer never holds back short ones. Requests that cannot
+share a batch (KV-cache modes, infilling) run alone, in queue order.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Deque, List, Optional
+
+import torch
+
+from ..denoise import answer_lengths
+from .metrics import Metrics
+from .requests import (EngineClosedError, QueueFullError, Request, RequestCancelledError, RequestEvent,
+                       RequestOutput, RequestTimeoutError)
+from .rows import Row, RowBatcher
+
+
+class Scheduler:
+    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 256):
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError(f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be at least 1")
+        self.engine = engine
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.batcher = RowBatcher(engine.model)
+        self.metrics = Metrics(engine.device)
+        self._queue: Deque[Request] = collections.deque()
+        self._rows: List[Row] = []
+        self._lock = threading.Condition()
+        self._closing = False      # no new requests
+        self._abort = False        # fail everything pending instead of finishing it
+        self._decode = engine._answer_decoder  # stops -> (answers [B, n] -> texts) or None
+        self._thread = threading.Thread(target=self._run, name="illada-rt-scheduler", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ caller side (any thread)
+
+    def submit(self, request: Request):
+        with self._lock:
+            if self._closing:
+                raise EngineClosedError("the engine is shut down and takes no new requests")
+            if len(self._queue) >= self.max_queue:
+                self.metrics.rejected += 1
+                raise QueueFullError(f"the request queue is full ({self.max_queue} waiting); retry later")
+            self._queue.append(request)
+            self.metrics.submitted += 1
+            self._lock.notify()
+
+    def close(self, graceful: bool = True, timeout: Optional[float] = None):
+        """Stop taking requests; finish (graceful) or fail every pending one; wait for the thread."""
+        with self._lock:
+            self._closing = True
+            self._abort = self._abort or not graceful
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def active(self) -> int:
+        return len(self._rows)
+
+    # ------------------------------------------------------------ scheduler thread
+
+    def _run(self):
+        while True:
+            with self._lock:
+                while not self._queue and not self._rows and not self._closing:
+                    self._lock.wait()
+                if self._abort:
+                    pending = list(self._queue) + [r.request for r in self._rows]
+                    self._queue.clear()
+                    self._rows = []
+                elif self._closing and not self._queue and not self._rows:
+                    return
+                else:
+                    pending = None
+                    exclusive = self._admit()
+            if pending is not None:
+                for req in pending:
+                    self._fail(req, EngineClosedError("the engine was shut down before the request finished"))
+                return
+            if exclusive is not None:
+                self._run_exclusive(exclusive)
+            elif self._rows:
+                self._step()
+
+    def _admit(self) -> Optional[Request]:
+        """Move waiting requests into the batch (lock held). Returns a request to run alone, if its turn came."""
+        now = time.monotonic()
+        while self._queue:
+            head = self._queue[0]
+            if head.cancelled or head.expired(now):
+                self._queue.popleft()
+                self._drop(head, now)
+                continue
+            if head.exclusive is not None:
+                if self._rows:
+                    return None        # it waits for the batch to drain
+                return self._queue.popleft()
+            if len(self._rows) >= self.max_batch_size:
+                return None
+            if self._rows and head.batch_key() != self._rows[0].request.batch_key():
+                return None            # head-of-line: the batch drains, then the next settings start
+            self._queue.popleft()
+            row = Row(head, self.engine.cfg.mask_token_id)
+            self.metrics.wait_seconds.append(now - head.submitted)
+            self._enter(row)
+        return None
+
+    def _enter(self, row: Row):
+        """Start the row's next block, finishing any block that needs no step."""
+        while True:
+            row.begin_block()
+            if row.steps_in_block > 0:
+                self._rows.append(row)
+                return
+            if self._end_block(row):
+                return
+
+    def _step(self):
+        rows = list(self._rows)
+        now = time.monotonic()
+        for row in rows:
+            if row.request.cancelled or row.request.expired(now):
+                self._rows.remove(row)
+                self._drop(row.request, now)
+        rows = list(self._rows)
+        if not rows:
+            return
+        t0 = time.perf_counter()
+        try:
+            masks_left = self.batcher.step(rows)
+        except Exception as e:  # a failed step fails its rows, never the thread
+            for row in rows:
+                self._rows.remove(row)
+                self._fail(row.request, e)
+            return
+        self.metrics.record_step(len(rows), time.perf_counter() - t0)
+        for row, left in zip(rows, masks_left):
+            if row.request.every_step:
+                self._emit(row.request, RequestEvent("step", row.block, self._answer(row).tolist()))
+            if row.block_done(left):
+                self._rows.remove(row)
+                if not self._end_block(row):
+                    self._enter(row)
+
+    def _end_block(self, row: Row) -> bool:
+        """Finish the row's block: a block event, and the done event if the request is over."""
+        req = row.request
+        over = row.finish_block()
+        answer = self._answer(row).cpu()
+        upto = answer.shape[0] if over else row.span[1] - req.prompt_len
+        text = self._texts(req, answer[None, :upto])
+        self._emit(req, RequestEvent("block", row.block, answer[:upto].tolist(), row.emitted, text))
+        row.emitted = upto
+        if over:
+            length = int(answer_lengths(answer[None], req.stops)[0])
+            out = RequestOutput(answer.tolist(), length, self._texts(req, answer[None, :length]), req.prompt_len,
+                                row.nfe, req.seed, "stop" if length < answer.shape[0] else "length")
+            self.metrics.record_done(req, len(out.tokens))
+            self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
+        return over
+
+    def _run_exclusive(self, req: Request):
+        t0 = time.perf_counter()
+        try:
+            out = req.exclusive(req)
+        except Exception as e:
+            self._fail(req, e)
+            return
+        self.metrics.record_step(1, time.perf_counter() - t0)
+        self.metrics.record_done(req, len(out.tokens))
+        self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _answer(row: Row) -> torch.Tensor:
+        return row.canvas[row.request.prompt_len:]
+
+    def _texts(self, req: Request, answers: torch.Tensor) -> Optional[str]:
+        decode = self._decode(req.stops)
+        return None if decode is None else decode(answers)[0]
+
+    def _drop(self, req: Request, now: float):
+        if req.cancelled:
+            self._fail(req, RequestCancelledError("the request was cancelled"))
+        else:
+            self._fail(req, RequestTimeoutError(f"the request timed out after {now - req.submitted:.1f} s"))
+
+    def _emit(self, req: Request, event: RequestEvent):
+        try:
+            req.sink(event)
+        except Exception:  # a broken consumer must not stop the others
+            req.cancel()
+
+    def _fail(self, req: Request, exc: BaseException):
+        self.metrics.failed += 1
+        try:
+            req.fail(exc)
+        except Exception:
+            pass
+
