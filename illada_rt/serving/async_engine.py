@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from typing import AsyncIterator, Iterator, Optional
+from typing import Optional
 
 from .builder import generation_request, infill_request
 from .requests import Request, RequestEvent, RequestOutput
@@ -51,7 +51,7 @@ class AsyncEngine(_Shared):
         super().__init__(engine, max_batch_size, max_queue, request_timeout)
 
     def stream(self, prompt, *, every_step: bool = False, timeout: Optional[float] = None,
-               **options) -> AsyncIterator[RequestEvent]:
+               **options) -> "AsyncEvents":
         """Events of one request: "block" events as blocks finish ("step" ones too with every_step),
         then "done" with the RequestOutput. Arguments are checked and the request queued now;
         leaving the iteration early cancels it."""
@@ -86,20 +86,11 @@ class AsyncEngine(_Shared):
         await self.shutdown()
 
     @staticmethod
-    async def _events(req: Request, events: asyncio.Queue) -> AsyncIterator[RequestEvent]:
-        try:
-            while True:
-                item = await events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.kind == "done":
-                    return
-        finally:
-            req.cancel()   # no effect once the request is done
+    def _events(req: Request, events: asyncio.Queue) -> "AsyncEvents":
+        return AsyncEvents(req, events)
 
     @staticmethod
-    async def _result(events: AsyncIterator[RequestEvent]) -> RequestOutput:
+    async def _result(events: "AsyncEvents") -> RequestOutput:
         try:
             async for event in events:
                 if event.kind == "done":
@@ -117,7 +108,7 @@ class SyncEngine(_Shared):
         super().__init__(engine, max_batch_size, max_queue, request_timeout)
 
     def stream(self, prompt, *, every_step: bool = False, timeout: Optional[float] = None,
-               **options) -> Iterator[RequestEvent]:
+               **options) -> "Events":
         events: queue.Queue = queue.Queue()
         req = generation_request(self.engine, prompt, options, events.put, events.put, every_step,
                                  self._timeout(timeout))
@@ -149,14 +140,63 @@ class SyncEngine(_Shared):
         self.close()
 
     @staticmethod
-    def _events(req: Request, events: queue.Queue) -> Iterator[RequestEvent]:
+    def _events(req: Request, events: queue.Queue) -> "Events":
+        return Events(req, events)
+
+
+class Events:
+    """A request's events as an iterator; closing it (or dropping it) cancels an unfinished request."""
+
+    def __init__(self, req: Request, events: queue.Queue):
+        self.request, self._events, self._done = req, events, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> RequestEvent:
+        if self._done:
+            raise StopIteration
+        item = self._events.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = item.kind == "done"
+        return item
+
+    def close(self):
+        self._done = True
+        self.request.cancel()   # no effect once the request is done
+
+    def __del__(self):
+        self.request.cancel()
+
+
+class AsyncEvents:
+    """The asyncio twin of Events: async iteration; aclose() or dropping it cancels the request."""
+
+    def __init__(self, req: Request, events: asyncio.Queue):
+        self.request, self._events, self._done = req, events, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> RequestEvent:
+        if self._done:
+            raise StopAsyncIteration
         try:
-            while True:
-                item = events.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.kind == "done":
-                    return
-        finally:
-            req.cancel()
+            item = await self._events.get()
+        except BaseException:   # the awaiting task was cancelled
+            self.request.cancel()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = item.kind == "done"
+        return item
+
+    async def aclose(self):
+        self._done = True
+        self.request.cancel()
+
+    def __del__(self):
+        self.request.cancel()

@@ -10,7 +10,7 @@ would compute alone (up to float rounding); the remask RNG counters are the row'
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import torch
 
