@@ -116,7 +116,7 @@ class LLaDAModel:
         slice of the canvas (see _block), without one they are the whole canvas.
         """
         cfg = self.cfg
-        x = F.embedding(tokens, self.wte)                        # [B, Lx, d] residual stream
+        x = ops.embedding(tokens, self.wte)                      # [B, Lx, d] residual stream
         h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1
         for i, w in enumerate(self.layers):

@@ -113,6 +113,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optio
     return out
 
 
+def embedding(tokens: torch.Tensor, table: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rows of table [V, d] for tokens [...] int64 -> [..., d] in the table's dtype.
+
+    Ids outside [0, V) raise ValueError on the CPU; on CUDA their rows become NaN (see embedding.h).
+    """
+    if tokens.dtype != torch.int64:
+        raise ValueError(f"embedding: tokens must be int64, got {tokens.dtype}")
+    flat = tokens.reshape(-1)
+    out = torch.empty(*tokens.shape, table.shape[-1], dtype=table.dtype, device=table.device) if out is None else out
+    if out.shape != (*tokens.shape, table.shape[-1]):
+        raise ValueError(f"embedding: out has shape {tuple(out.shape)}, expected {(*tokens.shape, table.shape[-1])}")
+    _C.embedding(_arg(_rows(out, "out"), "out"), _arg(flat, "tokens"), _arg(table, "table"), _stream(table))
+    return out
+
+
 def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, vocab: int, mask_id: int,
             seeds: torch.Tensor, row_offset: torch.Tensor, step: torch.Tensor,
             uncond: Optional[torch.Tensor] = None, cfg_scale: float = 0.0, temperature: float = 0.0,

@@ -1,0 +1,44 @@
+// Binding for the embedding gather (CPU and CUDA).
+#include "embedding.h"
+#include "tensor_arg.h"
+
+namespace py = pybind11;
+
+namespace illada {
+
+static void embedding(const TensorArg& out, const TensorArg& tokens, const TensorArg& table, uintptr_t stream) {
+  expect(tokens, "tokens", 1, DType::Int64);
+  ILLADA_CHECK(tokens.size(0) <= 1 || tokens.stride(0) == 1, "embedding: tokens must be contiguous");
+  ILLADA_CHECK(table.dim() == 2 && is_floating(table.dtype),
+               "embedding: table must be a 2-D float32, bfloat16 or float16 tensor");
+  expect(out, "out", 2, table.dtype);
+  const int64_t n = tokens.size(0), dim = table.size(1);
+  expect_shape(out, "out", {n, dim});
+  expect_last_contiguous(out, "out");
+  expect_last_contiguous(table, "table");
+  expect_same_device(tokens, table, "tokens", "table");
+  expect_same_device(out, table, "out", "table");
+
+  EmbeddingParams p;
+  p.out = out.data(); p.tokens = static_cast<const int64_t*>(tokens.data()); p.table = table.data();
+  p.n = n; p.dim = dim; p.vocab_rows = table.size(0);
+  p.out_stride = out.stride(0); p.table_stride = table.stride(0);
+  p.dtype = table.dtype;
+  if (table.cuda) {
+#ifdef ILLADA_WITH_CUDA
+    embedding_cuda(p, reinterpret_cast<void*>(stream));
+#else
+    ILLADA_CHECK(false, "embedding: this build of illada_rt has no CUDA kernels");
+#endif
+  } else {
+    py::gil_scoped_release nogil;
+    embedding_cpu(p);
+  }
+}
+
+void register_embedding(py::module_& m) {
+  m.def("embedding", &embedding, py::arg("out"), py::arg("tokens"), py::arg("table"), py::arg("stream") = 0,
+        "out[i] = table[tokens[i]] (ids outside the table raise on the CPU; poison the row with NaN on CUDA).");
+}
+
+}  // namespace illada
