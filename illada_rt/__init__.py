@@ -5,10 +5,11 @@ from .config import ConfigError, ModelConfig
 from .engine import Engine, GenerationOutput
 from .loader import CheckpointError
 from .ops import build_info
+from .quant.checkpoint import quantize
 from .text import NoTokenizerError
 
 DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
 
 __all__ = ["Engine", "GenerationOutput", "ModelConfig", "ConfigError", "CheckpointError", "NoTokenizerError",
-           "build_info", "DEMO_MODEL_DIR"]
+           "build_info", "quantize", "DEMO_MODEL_DIR"]
 __version__ = "0.1.0"
