@@ -158,3 +158,30 @@ def test_linear_keeps_dense_weights_on_torch():
     x, w = torch.randn(3, 8), torch.randn(5, 8)
     assert torch.equal(linear(x, w), torch.nn.functional.linear(x, w))
     assert isinstance(quantize_weight(w, "int8"), QuantizedWeight)
+
+
+# ------------------------------------------------------------------ fp8 activations from the norm
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_norm_fused_fp8_activation_equals_norm_then_linear(dtype, with_residual):
+    from illada_rt.quant.linear import Fp8Activation, rmsnorm_into
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 7, 64, generator=g).to(dtype)
+    norm_w = (1 + 0.1 * torch.randn(64, generator=g)).to(dtype)
+    res = torch.randn(2, 7, 64, generator=g).to(dtype) if with_residual else None
+    qw = quantize_weight(weight(19, 64, 12), "fp8")
+    res_a = None if res is None else res.clone()
+    act = rmsnorm_into(qw, x, norm_w, 1e-5, residual=res_a)
+    assert isinstance(act, Fp8Activation) and act.xq.shape == (2, 7, 64) and act.a_scale.shape == (2, 7)
+    got = linear(act, qw)
+    res_b = None if res is None else res.clone()
+    want = reference_linear(ops.rmsnorm(x, norm_w, 1e-5, residual=res_b), qw)
+    assert got.shape == (2, 7, 19) and got.dtype == dtype
+    assert (got.float() - want.float()).abs().max() <= TOL[dtype, "fp8"] * want.float().abs().max()
+    if res is not None:
+        assert torch.equal(res_a, res_b)                       # residual += x, as ops.rmsnorm does
+    dense = rmsnorm_into(quantize_weight(weight(19, 64, 12), "int8"), x, norm_w, 1e-5)
+    assert torch.equal(dense, ops.rmsnorm(x, norm_w, 1e-5))   # other weights get the plain norm
+    with pytest.raises(ValueError, match="need an fp8 weight"):
+        linear(act, quantize_weight(weight(19, 64, 12), "int8"))

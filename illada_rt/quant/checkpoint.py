@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from ..loader import INDEX_FILE, SINGLE_FILE, CheckpointError, expected_shapes, iter_weights, weight_files
 from .formats import QuantizedWeight, stored_parts
 from .load import quantize_stream
-from .spec import QuantSpec, check_spec, quantized_shapes, read_section
+from .spec import QuantSpec, check_spec, foreign_method, quantized_shapes, read_section
 
 PART_NAMES = ("qweight", "scale", "zero")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -30,6 +30,38 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 def _base(name: str) -> str:
     return name[: -len(".weight")]
+
+
+class TensorReader:
+    """Reads named tensors from a checkpoint's safetensors files, checking shape and dtype;
+    every failure is a CheckpointError naming the file and the tensor."""
+
+    def __init__(self, files: Dict[str, str], what: str):
+        self.files, self.what, self.handles = files, what, {}
+
+    def read(self, name: str, shape=None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The tensor `name`; shape None: any; dtype None: any floating point dtype."""
+        if name not in self.files:
+            where = ", ".join(sorted(set(self.files.values())))
+            raise CheckpointError(f"{where}: tensor {name} missing from {self.what}")
+        path = self.files[name]
+        if path not in self.handles:
+            try:
+                self.handles[path] = safe_open(path, framework="pt", device="cpu")
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
+        try:
+            t = self.handles[path].get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{path}: tensor {name} cannot be read ({e})") from None
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, {self.what} and "
+                                  f"config.json imply {tuple(shape)}")
+        if dtype is None and not t.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, expected floating point")
+        if dtype is not None and t.dtype != dtype:
+            raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, {self.what} stores {dtype}")
+        return t
 
 
 def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: torch.dtype, device: torch.device,
@@ -41,7 +73,6 @@ def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: tor
     dense = {n: s for n, s in expected_shapes(cfg).items() if n not in quantized}
     wanted = set(dense) | {f"{_base(n)}.{p}" for n, (rows, cols) in quantized.items()
                            for p in stored_parts(spec.format, rows, cols, spec.group_size, spec.zeros)}
-    where = ", ".join(sorted(set(files.values()))) or model_dir
     for name in sorted(files):
         if name.endswith(tuple("." + p for p in PART_NAMES)) and name not in wanted:
             raise CheckpointError(f"{files[name]}: tensor {name} is not part of the {spec.format} checkpoint "
@@ -50,35 +81,12 @@ def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: tor
         if name in files:
             raise CheckpointError(f"{files[name]}: tensor {name} is dense, but config.json says it is "
                                   f"quantized to {spec.format}")
-    handles: Dict[str, object] = {}
-
-    def read(name: str, shape, dtype_expected: Optional[torch.dtype]) -> torch.Tensor:
-        if name not in files:
-            raise CheckpointError(f"{where}: tensor {name} missing from the {spec.format} quantized checkpoint")
-        path = files[name]
-        if path not in handles:
-            try:
-                handles[path] = safe_open(path, framework="pt", device="cpu")
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from None
-        try:
-            t = handles[path].get_tensor(name)
-        except Exception as e:
-            raise CheckpointError(f"{path}: tensor {name} cannot be read ({e})") from None
-        if tuple(t.shape) != tuple(shape):
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, the {spec.format} "
-                                  f"quantization section and config.json imply {tuple(shape)}")
-        if dtype_expected is None and not t.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, expected floating point")
-        if dtype_expected is not None and t.dtype != dtype_expected:
-            raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, {spec.format} stores {dtype_expected}")
-        return t
-
+    read = TensorReader(files, f"the {spec.format} quantized checkpoint").read
     total, done = len(dense) + len(quantized), 0
     for name, shape in expected_shapes(cfg).items():
         if name in quantized:
             continue
-        yield name, read(name, shape, None).to(device=device, dtype=dtype)
+        yield name, read(name, shape).to(device=device, dtype=dtype)
         done += 1
         if progress is not None:
             progress(done, total)
@@ -135,7 +143,7 @@ def quantize(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     Tokenizer and other non-weight files are copied."""
     model_dir, out_dir = os.fspath(model_dir), os.fspath(out_dir)
     cfg = ModelConfig.from_dir(model_dir)
-    if read_section(model_dir) is not None:
+    if read_section(model_dir) is not None or foreign_method(model_dir) is not None:
         raise ValueError(f"{model_dir} is already quantized; quantize its unquantized source instead")
     spec = QuantSpec(format, group_size, bool(zero_point), bool(quantize_head))
     check_spec(cfg, spec, torch.device("cpu"))

@@ -14,7 +14,8 @@ from ..config import ModelConfig
 from ..loader import CheckpointError, iter_weights
 from ..model import LLaDAModel
 from .formats import QuantizedWeight, quantize_weight
-from .spec import EMBEDDING, HEAD, QuantSpec, check_spec, quantized_shapes, read_section
+from .spec import (EMBEDDING, HEAD, QuantSpec, check_spec, foreign_method, quantized_shapes, read_config,
+                   read_section)
 
 Named = Iterable[Tuple[str, torch.Tensor]]
 
@@ -45,8 +46,17 @@ def load_model(model_dir: str, cfg: ModelConfig, dtype: torch.dtype, device: tor
     `quantization` argument must then name its format), quantized at load when `quantization` is
     given, dense otherwise. group_size and quantize_head apply to quantization at load only."""
     from .checkpoint import iter_quantized  # checkpoint.py builds on this module
+    from .gptq import gptq_spec, iter_gptq
 
     stored = read_section(model_dir)
+    if foreign_method(model_dir) == "gptq":
+        raw, path = read_config(model_dir)
+        spec, zero_offset = gptq_spec(raw, path, cfg)
+        if quantization not in (None, "int4"):
+            raise CheckpointError(f"{model_dir}: a 4-bit GPTQ checkpoint loads as int4, but "
+                                  f"quantization={quantization!r} was asked for")
+        check_spec(cfg, spec, device)
+        return LLaDAModel.from_weights(cfg, iter_gptq(model_dir, cfg, spec, zero_offset, dtype, device, progress))
     if stored is not None:
         if quantization is not None and quantization != stored.format:
             raise CheckpointError(f"{model_dir}: the checkpoint is quantized to {stored.format} (config.json "

@@ -76,16 +76,29 @@ class QuantSpec:
                    bool(raw.get("quantize_head", False)))
 
 
-def read_section(model_dir: str) -> Optional[QuantSpec]:
-    """The checkpoint's QuantSpec from config.json, or None for an unquantized checkpoint."""
+def read_config(model_dir: str) -> Tuple[dict, str]:
     path = os.path.join(model_dir, "config.json")
     with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    if "quantization_config" in raw and "quantization" not in raw:
-        method = (raw["quantization_config"] or {}).get("quant_method", "unknown")
+        return json.load(f), path
+
+
+def foreign_method(model_dir: str) -> Optional[str]:
+    """quant_method of another library's quantization_config ("gptq", ...), None without one."""
+    raw, _ = read_config(model_dir)
+    if "quantization_config" not in raw or "quantization" in raw:
+        return None
+    return str((raw["quantization_config"] or {}).get("quant_method", "unknown"))
+
+
+def read_section(model_dir: str) -> Optional[QuantSpec]:
+    """The checkpoint's QuantSpec from config.json's "quantization" section, or None without one.
+    Another library's quantization_config raises, except GPTQ's (see gptq.py)."""
+    raw, path = read_config(model_dir)
+    method = foreign_method(model_dir)
+    if method is not None and method != "gptq":
         raise CheckpointError(f"{path}: quantization_config (quant_method {method!r}) is another library's "
-                              "format; illada_rt loads its own quantized checkpoints (illada-rt convert) or "
-                              "quantizes a bf16/fp32 checkpoint at load (quantization=...)")
+                              "format; illada_rt reads its own quantized checkpoints (illada-rt convert) and 4-bit "
+                              "GPTQ, or quantizes a bf16/fp32 checkpoint at load (quantization=...)")
     return None if "quantization" not in raw else QuantSpec.from_section(raw["quantization"], path)
 
 
