@@ -152,3 +152,25 @@ def test_fp8_refused_on_gpu_without_fp8(monkeypatch, dirs):
     check_spec(cfg, QuantSpec("fp8"), torch.device("cuda", 0))
     check_spec(cfg, QuantSpec("fp8"), torch.device("cpu"))                 # emulated on the CPU
     assert HEAD not in quantized_shapes(cfg, QuantSpec("fp8"))
+
+
+def test_quantize_stream_reads_one_tensor_at_a_time(dirs):
+    # each tensor is quantized and handed on before the next one is read: the host never holds the model
+    from illada_rt.loader import iter_weights
+    from illada_rt.quant.load import quantize_stream
+    cfg = ModelConfig.from_dir(dirs["illada"])
+    read = []
+
+    def source():
+        for name, t in iter_weights(dirs["illada"], cfg, None):
+            read.append(name)
+            yield name, t
+
+    spec = QuantSpec("int4", GROUP, True, quantize_head=True)
+    seen, copies = 0, 0
+    for name, out in quantize_stream(source(), cfg, spec, torch.float32, torch.device("cpu")):
+        seen += 1
+        copies += name == HEAD                               # the tied head's copy follows wte unread
+        assert len(read) == seen - copies
+        assert isinstance(out, QuantizedWeight) == (name in quantized_shapes(cfg, spec))
+    assert seen == len(read) + 1
