@@ -9,8 +9,8 @@
 (load, checkpoint and gptq build on illada_rt.model and are imported by name, not from here.)
 """
 from .formats import FORMATS, QuantizedWeight, dequantize, quantize_weight, reference_linear
-from .linear import linear, quantized_linear
+from .linear import quantized_linear
 from .spec import QuantSpec
 
-__all__ = ["FORMATS", "QuantizedWeight", "QuantSpec", "dequantize", "linear", "quantize_weight", "quantized_linear",
+__all__ = ["FORMATS", "QuantizedWeight", "QuantSpec", "dequantize", "quantize_weight", "quantized_linear",
            "reference_linear"]
