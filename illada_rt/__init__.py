@@ -5,12 +5,12 @@ from .config import ConfigError, ModelConfig
 from .engine import Engine, GenerationOutput
 from .loader import CheckpointError
 from .ops import build_info
+from .quant.checkpoint import quantize
 from .serving import AsyncEngine, SyncEngine
 from .text import NoTokenizerError
 
 DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
 
 __all__ = ["Engine", "GenerationOutput", "ModelConfig", "ConfigError", "CheckpointError", "NoTokenizerError",
-           "build_info", "DEMO_MODEL_DIR",
-           "AsyncEngine", "SyncEngine"]
+           "build_info", "quantize", "DEMO_MODEL_DIR", "AsyncEngine", "SyncEngine"]
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@
     illada-rt chat [options]                a conversation (checkpoints with a chat template)
     illada-rt infill "TEXT with <mask>"     fill masked tokens anywhere in a text
     illada-rt info [--model DIR]            configuration, size, build
+    illada-rt convert --model DIR --out DIR --format int8|int4|fp8   write a quantized checkpoint
     illada-rt bench [bench options]         the generation benchmark (bench/bench_generate.py)
 
 Errors print one line, `illada-rt: error: ...`, and exit with status 2.
@@ -23,6 +24,10 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--model", default=DEMO_MODEL_DIR, help="checkpoint directory (default: the bundled demo model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--quantization", default=None, choices=["int8", "int4", "fp8"],
+                   help="quantize the weights while loading (a quantized checkpoint is used as stored)")
+    p.add_argument("--group-size", type=int, default=128, help="int4 inputs per scale (default 128)")
+    p.add_argument("--quantize-head", action="store_true", help="quantize the LM head too")
 
 
 def _generation_args(p: argparse.ArgumentParser):
@@ -63,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     i = sub.add_parser("info", help="model configuration, size and build information")
     _model_args(i)
+    q = sub.add_parser("convert", help="write a quantized checkpoint (loads directly with --model)")
+    q.add_argument("--model", required=True, help="bf16/fp32 checkpoint directory")
+    q.add_argument("--out", required=True, help="output directory (new or empty)")
+    q.add_argument("--format", required=True, choices=["int8", "int4", "fp8"])
+    q.add_argument("--group-size", type=int, default=128, help="int4 inputs per scale (default 128)")
+    q.add_argument("--quantize-head", action="store_true", help="quantize the LM head too")
+    q.add_argument("--no-zero-point", action="store_true", help="int4: symmetric groups without zero points")
     sub.add_parser("bench", help="run bench/bench_generate.py (arguments pass through)", add_help=False)
     return ap
 
@@ -82,7 +94,8 @@ def _load(args):
             print(file=sys.stderr)
 
     return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                  progress=show if sys.stderr.isatty() else None)
+                                  progress=show if sys.stderr.isatty() else None, quantization=args.quantization,
+                                  quantize_head=args.quantize_head, group_size=args.group_size)
 
 
 def _answer(eng, ids, mask, kwargs) -> str:
@@ -156,8 +169,11 @@ def _chat(args) -> int:
 
 
 def _info(args) -> int:
+    import torch
+
     from . import ops
     from .config import ModelConfig
+    from .quant.spec import QuantSpec, check_spec, estimate_weight_bytes, read_section
 
     cfg = ModelConfig.from_dir(args.model)
     n = cfg.num_parameters
@@ -167,10 +183,29 @@ def _info(args) -> int:
         print(f"  {field}: {getattr(cfg, field)}")
     print(f"parameters: {n:,}")
     print("weights in memory: " + ", ".join(f"{d} {n * b / 2**30:.3f} GiB" for d, b in (("float32", 4), ("bfloat16", 2))))
+    stored = read_section(args.model)
+    if stored is not None:
+        print(f"quantization (stored): {stored.to_section()}")
+    spec = stored or (QuantSpec(args.quantization, args.group_size, True, args.quantize_head)
+                      if args.quantization else None)
+    if spec is not None:
+        check_spec(cfg, spec, torch.device("cpu"))
+        print(f"weights in memory, {spec.format}: " + ", ".join(
+            f"{d} {estimate_weight_bytes(cfg, spec, b) / 2**30:.3f} GiB" for d, b in (("float32", 4), ("bfloat16", 2))))
     info = ops.build_info()
     print("build: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     count, reason = ops.cuda_devices()
     print(f"CUDA devices visible: {count}" + (f" ({reason})" if reason else ""))
+    return 0
+
+
+def _convert(args) -> int:
+    from .quant.checkpoint import quantize
+
+    start = time.perf_counter()
+    quantize(args.model, args.out, args.format, group_size=args.group_size, quantize_head=args.quantize_head,
+             zero_point=not args.no_zero_point)
+    print(f"wrote {args.format} checkpoint {args.out} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -189,7 +224,8 @@ def main(argv=None) -> int:
         if argv[:1] == ["bench"]:
             return _bench(argv[1:])
         args = _parser().parse_args(argv)
-        return {"generate": _generate, "chat": _chat, "infill": _infill, "info": _info}[args.command](args)
+        return {"generate": _generate, "chat": _chat, "infill": _infill, "info": _info,
+                "convert": _convert}[args.command](args)
     except (ValueError, NotImplementedError, OSError, RuntimeError) as e:
         print(f"illada-rt: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, deno
 from .device import resolve_device
 from .infill import InfillOutput
 from .model import LLaDAModel
+from .quant.load import load_model
 from .stream import StreamEvent, stream_events
 from .text import NoTokenizerError, TextCodec
 
@@ -87,14 +88,20 @@ class Engine:
 
     @classmethod
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
-                        dtype: Union[str, torch.dtype] = "float32", progress=None) -> "Engine":
+                        dtype: Union[str, torch.dtype] = "float32", progress=None,
+                        quantization: Optional[str] = None, quantize_head: bool = False,
+                        group_size: int = 128) -> "Engine":
         """device: "cpu" or "cuda[:N]" (RuntimeError naming the reason where CUDA cannot run).
-        progress: optional callable (tensors loaded, tensors in all), called while loading."""
+        progress: optional callable (tensors loaded, tensors in all), called while loading.
+        quantization: None, "int8", "int4" or "fp8": quantize the block matrices (and with
+        quantize_head the LM head) while loading, int4 in groups of group_size inputs (see
+        quant/). A checkpoint written by illada_rt.quantize loads as stored."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
         dev = resolve_device(device)
         cfg = ModelConfig.from_dir(model_dir)
-        return cls(LLaDAModel.load(model_dir, cfg, torch_dtype, progress, dev), model_dir)
+        model = load_model(model_dir, cfg, torch_dtype, dev, progress, quantization, quantize_head, group_size)
+        return cls(model, model_dir)
 
     def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.to(self.device)

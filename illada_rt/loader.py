@@ -75,9 +75,9 @@ def _open(path: str):
 Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
 
 
-def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype,
+def iter_weights(model_dir: str, cfg: ModelConfig, dtype: Optional[torch.dtype],
                  progress: Optional[Progress] = None) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Yield (name, tensor in `dtype`) for every tensor the model needs, checked against cfg."""
+    """Yield (name, tensor in `dtype`; as stored when None) for every tensor the model needs, checked against cfg."""
     files = weight_files(model_dir)
     shapes = expected_shapes(cfg)
     missing = [n for n in shapes if n not in files]
@@ -107,7 +107,7 @@ def iter_weights(model_dir: str, cfg: ModelConfig, dtype: torch.dtype,
             done += 1
             if progress is not None:
                 progress(done, len(shapes))
-            yield name, t.to(dtype)
+            yield name, t if dtype is None else t.to(dtype)
 
 
 def load_state_dict(model_dir: str, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> Dict[str, torch.Tensor]:

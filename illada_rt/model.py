@@ -7,7 +7,7 @@ the output projection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from . import ops
 from .config import ModelConfig
 from .loader import PREFIX, iter_weights
+from .quant.formats import QuantizedWeight, cat_rows
+from .quant.linear import linear
+
+Matrix = Union[torch.Tensor, QuantizedWeight]  # a dense [N, K] weight or its quantized form
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, L, Hkv, hd] after RoPE
 
@@ -22,16 +26,20 @@ KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, 
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor   # [d]
-    wqkv: torch.Tensor        # [(H + 2 Hkv) * hd, d]
-    wo: torch.Tensor          # [d, d]
+    wqkv: Matrix              # [(H + 2 Hkv) * hd, d]
+    wo: Matrix                # [d, d]
     ff_norm: torch.Tensor     # [d]
-    w_gate_up: torch.Tensor   # [2F, d]
-    w_down: torch.Tensor      # [d, F]
+    w_gate_up: Matrix         # [2F, d]
+    w_down: Matrix            # [d, F]
+
+
+def _cat_rows(parts: List[Matrix]) -> Matrix:
+    return cat_rows(parts) if isinstance(parts[0], QuantizedWeight) else torch.cat(parts)
 
 
 class LLaDAModel:
     def __init__(self, cfg: ModelConfig, wte: torch.Tensor, layers: List[LayerWeights], ln_f: torch.Tensor,
-                 head: torch.Tensor):
+                 head: Matrix):
         self.cfg = cfg
         self.wte, self.layers, self.ln_f, self.head = wte, layers, ln_f, head
         self.dtype, self.device = wte.dtype, wte.device
@@ -63,13 +71,14 @@ class LLaDAModel:
                 g = pending.pop(int(idx))
                 layers[int(idx)] = LayerWeights(
                     attn_norm=g["attn_norm.weight"],
-                    wqkv=torch.cat([g["q_proj.weight"], g["k_proj.weight"], g["v_proj.weight"]]),
+                    wqkv=_cat_rows([g["q_proj.weight"], g["k_proj.weight"], g["v_proj.weight"]]),
                     wo=g["attn_out.weight"], ff_norm=g["ff_norm.weight"],
-                    w_gate_up=torch.cat([g["ff_proj.weight"], g["up_proj.weight"]]),
+                    w_gate_up=_cat_rows([g["ff_proj.weight"], g["up_proj.weight"]]),
                     w_down=g["ff_out.weight"])
         if pending or sorted(layers) != list(range(cfg.n_layers)):
             raise ValueError(f"incomplete layers: have {sorted(layers)}, partial {sorted(pending)}")
-        head = top["wte.weight"] if cfg.weight_tying else top["ff_out.weight"]
+        # a tied checkpoint may still bring its own (quantized) head: see quant/load.py
+        head = top["ff_out.weight"] if "ff_out.weight" in top else top["wte.weight"]
         return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
@@ -88,7 +97,7 @@ class LLaDAModel:
         cfg = self.cfg
         B, Lx, _ = x.shape
         hd, H, Hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        qkv = F.linear(h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
+        qkv = linear(h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
         ops.rope_(k, self.rope_cos, self.rope_sin, position_start=pos0)
         if kv is not None:
@@ -100,13 +109,13 @@ class LLaDAModel:
             q = q[:, local]
         ops.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
         att = ops.attention(q, k, v, key_mask)                   # [B, Lq, H, hd]
-        o = F.linear(att.view(B, -1, cfg.d_model), w.wo)         # [B, Lq, d]
+        o = linear(att.view(B, -1, cfg.d_model), w.wo)           # [B, Lq, d]
         x_rows = x if rows is None else x[:, local].contiguous()
         h_rows = ops.rmsnorm(o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
-        gate_up = F.linear(h_rows, w.w_gate_up)                  # [B, Lq, 2F]
+        gate_up = linear(h_rows, w.w_gate_up)                    # [B, Lq, 2F]
         f = cfg.mlp_hidden_size
         act = ops.swiglu(gate_up[..., :f], gate_up[..., f:])
-        return x_rows, F.linear(act, w.w_down)
+        return x_rows, linear(act, w.w_down)
 
     def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
@@ -129,7 +138,7 @@ class LLaDAModel:
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
         """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows` (see hidden)."""
-        return F.linear(self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
+        return linear(self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
 
     # ------------------------------------------------------------ block KV cache
 

@@ -43,9 +43,33 @@ class QuantizedWeight:
     def device(self) -> torch.device:
         return self.qweight.device
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: codes, scales and zero points."""
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scale, self.zero) if t is not None)
+
+    def parts(self):
+        """(part name, tensor) as stored in a quantized checkpoint: qweight, scale, zero (int4 with zeros)."""
+        yield "qweight", self.qweight
+        yield "scale", self.scale
+        if self.zero is not None:
+            yield "zero", self.zero
+
     def to(self, device) -> "QuantizedWeight":
         move = (lambda t: None if t is None else t.to(device))
         return QuantizedWeight(self.format, move(self.qweight), move(self.scale), move(self.zero), self.group_size)
+
+
+def stored_parts(fmt: str, n: int, k: int, group_size: int = 0, zero_point: bool = True):
+    """part name -> (shape, dtype) of a weight [N, K] stored in `fmt` (QuantizedWeight.parts)."""
+    if fmt == "int8":
+        return {"qweight": ((n, k), torch.int8), "scale": ((n,), torch.float32)}
+    if fmt == "fp8":
+        return {"qweight": ((n, k), torch.float8_e4m3fn), "scale": ((n,), torch.float32)}
+    parts = {"qweight": ((n, k // 2), torch.uint8), "scale": ((n, k // group_size), torch.float32)}
+    if zero_point:
+        parts["zero"] = ((n, k // group_size), torch.float32)
+    return parts
 
 
 def quantize_weight(w: torch.Tensor, fmt: str, group_size: int = 128, zero_point: bool = True) -> QuantizedWeight:
