@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from . import ops
 from .config import ModelConfig
