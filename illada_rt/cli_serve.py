@@ -10,6 +10,7 @@ then the engine shuts down; the process exits with status 0. Needs the optional 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _import_stack():
     try:
-        import starlette  # noqa: F401
+        importlib.import_module("starlette")
         import uvicorn
     except ImportError:
         raise RuntimeError(MISSING_EXTRA) from None

@@ -54,7 +54,7 @@ def error_status(exc: BaseException):
         return 503, "unavailable"
     if isinstance(exc, RequestCancelledError):
         return 499, "cancelled"
-    if isinstance(exc, LookupError):
+    if isinstance(exc, schema.UnknownModelError):
         return 404, "not_found_error"
     if isinstance(exc, ValueError):
         return 400, "invalid_request_error"
@@ -227,11 +227,13 @@ class _Api:
                         yield chunk(d.text, d.finish_reason, d.token_ids, **extra)
                     if done:
                         break
-                    event = await events.__anext__()
+                    event = await unless_disconnected(request, events.__anext__())
                 if params.include_usage:
                     usage = self._usage(event.output.prompt_tokens or prompt_tokens or 0, deltas.tokens)
                     yield sse.event({**head, "choices": [], "usage": usage})
                 yield sse.DONE
+            except ClientGone:
+                return
             except Exception as e:   # headers are sent: the error goes into the stream
                 status, kind = error_status(e)
                 yield sse.event(sse.error_body(str(e) or type(e).__name__, kind, status))

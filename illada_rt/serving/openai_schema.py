@@ -192,7 +192,11 @@ def completion_request(body: dict) -> GenerationParams:
     return generation_params(body, completion_prompts(body))
 
 
+class UnknownModelError(LookupError):
+    """The request names a model this server does not serve (404)."""
+
+
 def check_model(body: dict, served: str):
     model = body.get("model")
     if model is not None and model != served:
-        raise LookupError(f"model {model!r} is not served here; this server serves {served!r}")
+        raise UnknownModelError(f"model {model!r} is not served here; this server serves {served!r}")
