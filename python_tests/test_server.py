@@ -288,3 +288,25 @@ def test_health_models_metrics_and_shutdown(engine):
     assert after.get("/health").status_code == 503
     status, body = post(after, prompt="w1", **KW)
     assert status == 503 and body["error"]["type"] == "unavailable"
+
+
+def test_a_timeout_after_the_first_piece_ends_the_stream_with_an_error_event(engine):
+    aeng = AsyncEngine(engine)
+    real_step, calls = aeng.scheduler.batcher.step, []
+
+    def step(rows):   # the first block (2 steps) at once, then slow: the 1 s deadline passes in block 1
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(1.5)
+        return real_step(rows)
+    aeng.scheduler.batcher.step = step
+    with TestClient(create_app(aeng, "tiny")) as c:
+        r = c.post("/v1/completions", json={"prompt": "w1", "gen_length": 32, "block_length": 8, "steps": 8,
+                                            "timeout": 1.0, "stream": True})
+        assert r.status_code == 200
+        events = [e[len("data: "):] for e in r.text.split("\n\n") if e.startswith("data: ")]
+        assert events[-1] != "[DONE]"
+        assert json.loads(events[0])["choices"][0]["finish_reason"] is None
+        err = json.loads(events[-1])["error"]
+        assert err["type"] == "timeout" and err["code"] == 504 and "timed out" in err["message"]
+        assert post(c, prompt="w1", **KW)[0] == 200
