@@ -310,3 +310,12 @@ def test_a_timeout_after_the_first_piece_ends_the_stream_with_an_error_event(eng
         err = json.loads(events[-1])["error"]
         assert err["type"] == "timeout" and err["code"] == 504 and "timed out" in err["message"]
         assert post(c, prompt="w1", **KW)[0] == 200
+
+
+def test_the_server_timeout_caps_the_requests(engine):
+    aeng = AsyncEngine(engine, request_timeout=0.05)
+    real_step = aeng.scheduler.batcher.step
+    aeng.scheduler.batcher.step = lambda rows: (time.sleep(0.1), real_step(rows))[1]   # 16 steps: 1.6 s
+    with TestClient(create_app(aeng, "tiny")) as c:
+        status, body = post(c, prompt="w1", timeout=100, **KW)
+        assert status == 504 and body["error"]["type"] == "timeout"

@@ -14,10 +14,8 @@ optional dependency (`pip install "illada_rt[serve]"`), imported only here.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
 import time
 import uuid
 from typing import List, Optional
@@ -33,71 +31,10 @@ from ..text import NoTokenizerError
 from . import openai_schema as schema
 from . import sse
 from .completion_text import CompletionText, DeltaStream
-from .requests import EngineClosedError, QueueFullError, RequestCancelledError, RequestTimeoutError
+from .http_support import ClientGone, error_response, error_status, gather_or_cancel, unless_disconnected
 
 MAX_BODY_BYTES = 1 << 20
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-log = logging.getLogger("illada_rt.serve")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-def error_status(exc: BaseException):
-    """An exception -> (HTTP status, error type). Order matters: the engine errors subclass builtins."""
-    if isinstance(exc, QueueFullError):
-        return 429, "queue_full"
-    if isinstance(exc, RequestTimeoutError):
-        return 504, "timeout"
-    if isinstance(exc, EngineClosedError):
-        return 503, "unavailable"
-    if isinstance(exc, RequestCancelledError):
-        return 499, "cancelled"
-    if isinstance(exc, schema.UnknownModelError):
-        return 404, "not_found_error"
-    if isinstance(exc, ValueError):
-        return 400, "invalid_request_error"
-    return 500, "internal_error"
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    status, kind = error_status(exc)
-    if status == 500:
-        log.exception("request failed", exc_info=exc)
-    return JSONResponse(sse.error_body(str(exc) or type(exc).__name__, kind, status), status_code=status)
-
-
-async def _wait_disconnect(request: Request):
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, awaitable):
-    """The awaitable's result; cancels it and raises ClientGone if the client leaves first."""
-    task = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-    if task.cancelled():
-        raise ClientGone()
-    return task.result()
-
-
-async def _all(awaitables):
-    """gather() that cancels the others when one fails (each cancel ends an engine request)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for t in tasks:
-            t.cancel()
 
 
 class _Api:
@@ -128,6 +65,13 @@ class _Api:
             eos = self.engine.cfg.eos_token_id
             stops = [] if eos is None else [eos]
         return CompletionText(self.codec, stops, params.max_tokens, params.stop)
+
+    def _timeout(self, params: schema.GenerationParams) -> Optional[float]:
+        """The request's timeout, never longer than the server's (--request-timeout)."""
+        limit = self.aeng.request_timeout
+        if params.timeout is None or limit is None:
+            return params.timeout if limit is None else limit
+        return min(params.timeout, limit)
 
     def _prompt(self, prompt):
         """Text prompts are encoded here so that a model without a tokenizer says so clearly."""
@@ -186,8 +130,8 @@ class _Api:
     async def _generate(self, request: Request, params: schema.GenerationParams, prompts: List, chat: bool):
         if params.stream:
             return await self._stream(request, params, prompts[0], chat)
-        runs = [self.aeng.generate(p, timeout=params.timeout, **params.options_for(i)) for i, p in enumerate(prompts)]
-        outs = await unless_disconnected(request, _all(runs))
+        runs = [self.aeng.generate(p, timeout=self._timeout(params), **params.options_for(i)) for i, p in enumerate(prompts)]
+        outs = await unless_disconnected(request, gather_or_cancel(runs))
         cutter = self._cutter(params)
         choices, completion_tokens = [], 0
         for i, out in enumerate(outs):
@@ -199,7 +143,7 @@ class _Api:
                              "usage": self._usage(prompt_tokens, completion_tokens)})
 
     async def _stream(self, request: Request, params: schema.GenerationParams, prompt, chat: bool):
-        events = self.aeng.stream(prompt, timeout=params.timeout, **params.options_for(0))
+        events = self.aeng.stream(prompt, timeout=self._timeout(params), **params.options_for(0))
         try:   # the first block (or an error) before any header, so early errors get their status code
             first = await unless_disconnected(request, events.__anext__())
         except BaseException:
@@ -248,7 +192,7 @@ class _Api:
         pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
         ids, _ = infill_mod.encode_masked_texts(codec, [params.infill], cfg.mask_token_id, params.mask_marker, pad)
         ids = ids[0]
-        out = await unless_disconnected(request, self.aeng.infill(ids, timeout=params.timeout, **params.options))
+        out = await unless_disconnected(request, self.aeng.infill(ids, timeout=self._timeout(params), **params.options))
         filled = int((ids == cfg.mask_token_id).sum())
         text = codec.decode(out.tokens)
         usage = self._usage(ids.shape[0], filled)
