@@ -5,6 +5,7 @@
     illada-rt infill "TEXT with <mask>"     fill masked tokens anywhere in a text
     illada-rt info [--model DIR]            configuration, size, build
     illada-rt convert --model DIR --out DIR --format int8|int4|fp8   write a quantized checkpoint
+    illada-rt serve [--model DIR] [--port 8000]   an OpenAI-style HTTP server (needs illada_rt[serve])
     illada-rt bench [bench options]         the generation benchmark (bench/bench_generate.py)
 
 Errors print one line, `illada-rt: error: ...`, and exit with status 2.
@@ -17,7 +18,7 @@ import runpy
 import sys
 import time
 
-from . import DEMO_MODEL_DIR
+from . import DEMO_MODEL_DIR, cli_serve
 
 
 def _model_args(p: argparse.ArgumentParser):
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=128, help="int4 inputs per scale (default 128)")
     q.add_argument("--quantize-head", action="store_true", help="quantize the LM head too")
     q.add_argument("--no-zero-point", action="store_true", help="int4: symmetric groups without zero points")
+    cli_serve.add_parser(sub)
     sub.add_parser("bench", help="run bench/bench_generate.py (arguments pass through)", add_help=False)
     return ap
 
@@ -225,7 +227,7 @@ def main(argv=None) -> int:
             return _bench(argv[1:])
         args = _parser().parse_args(argv)
         return {"generate": _generate, "chat": _chat, "infill": _infill, "info": _info,
-                "convert": _convert}[args.command](args)
+                "convert": _convert, "serve": cli_serve.run}[args.command](args)
     except (ValueError, NotImplementedError, OSError, RuntimeError) as e:
         print(f"illada-rt: error: {e}", file=sys.stderr)
         return 2

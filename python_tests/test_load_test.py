@@ -1,0 +1,35 @@
+"""bench/load_test.py on the demo model, briefly: every answer complete and equal to Engine.generate alone."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+pytest.importorskip("httpx")
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "load_test.py")
+
+
+def test_load_test_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    out = tmp_path / "load.json"
+    status = load_test.main(["--clients", "2", "--duration", "3", "--gen-length", "16", "--block-length", "8",
+                             "--cases", "4", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert status == 0, summary["errors"]
+    assert summary["failed"] == 0 and summary["completed"] >= 2 and summary["completed"] == summary["requests"]
+    assert summary["latency_p50_s"] > 0 and summary["requests_per_s"] > 0
+    assert "| requests |" in capsys.readouterr().out
+
+
+def test_percentile_is_nearest_rank():
+    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    values = list(range(1, 101))
+    assert [load_test.percentile(values, q) for q in (50, 90, 99, 100)] == [50, 90, 99, 100]
+    assert load_test.percentile([3.0], 99) == 3.0
