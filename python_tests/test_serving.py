@@ -238,7 +238,7 @@ def test_metrics_text(engines):
             seng.generate(ids, **opts)
         text = seng.prometheus()
     for name in ("illada_requests_total 3", "illada_generated_tokens_total", "illada_queue_depth 0",
-                 "illada_batch_size_bucket", "illada_tokens_per_second"):
+                 "illada_batch_size_bucket", "illada_tokens_per_second", "illada_requests_cancelled_total 0"):
         assert name in text
 
 

@@ -34,6 +34,11 @@ class _Shared:
     def _timeout(self, timeout: Optional[float]) -> Optional[float]:
         return self.request_timeout if timeout is None else timeout
 
+    @property
+    def closed(self) -> bool:
+        """True once shutdown (or close) began: new requests fail with EngineClosedError."""
+        return self.scheduler.closed
+
     def stats(self) -> dict:
         """Counters: requests, tokens, tokens/s, steps, batch sizes, queue depth, device memory."""
         s = self.scheduler

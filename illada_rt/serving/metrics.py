@@ -18,6 +18,7 @@ class Metrics:
         self.device = device
         self.started = time.monotonic()
         self.submitted = self.completed = self.failed = self.rejected = 0
+        self.cancelled = 0                   # of the failed: cancelled by their caller
         self.generated_tokens = 0
         self.steps = 0
         self.step_rows = 0                   # sum over steps of the rows in the step
@@ -50,7 +51,8 @@ class Metrics:
     def snapshot(self, queue_depth: int, active: int) -> dict:
         with self._lock:
             out = dict(requests_submitted=self.submitted, requests_completed=self.completed,
-                       requests_failed=self.failed, requests_rejected=self.rejected,
+                       requests_failed=self.failed, requests_cancelled=self.cancelled,
+                       requests_rejected=self.rejected,
                        generated_tokens=self.generated_tokens, steps=self.steps,
                        mean_batch_size=self.step_rows / self.steps if self.steps else 0.0,
                        busy_seconds=self.busy_seconds, batch_sizes=dict(self.batch_sizes),
@@ -73,6 +75,8 @@ class Metrics:
         metric("requests_completed_total", "counter", "Requests finished successfully.", s["requests_completed"])
         metric("requests_failed_total", "counter", "Requests that ended with an error, timeout or cancellation.",
                s["requests_failed"])
+        metric("requests_cancelled_total", "counter", "Requests their caller cancelled (counted in failed too).",
+               s["requests_cancelled"])
         metric("requests_rejected_total", "counter", "Requests refused because the queue was full.",
                s["requests_rejected"])
         metric("generated_tokens_total", "counter", "Answer tokens of completed requests.", s["generated_tokens"])

@@ -46,7 +46,7 @@ class Scheduler:
         with self._lock:
             if self._closing:
                 raise EngineClosedError("the engine is shut down and takes no new requests")
-            if len(self._queue) >= self.max_queue:
+            if sum(not r.cancelled for r in self._queue) >= self.max_queue:   # cancelled ones leave soon
                 self.metrics.rejected += 1
                 raise QueueFullError(f"the request queue is full ({self.max_queue} waiting); retry later")
             self._queue.append(request)
@@ -60,6 +60,11 @@ class Scheduler:
             self._abort = self._abort or not graceful
             self._lock.notify()
         self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: new requests are refused."""
+        return self._closing
 
     @property
     def queue_depth(self) -> int:
@@ -194,6 +199,7 @@ class Scheduler:
 
     def _drop(self, req: Request, now: float):
         if req.cancelled:
+            self.metrics.cancelled += 1
             self._fail(req, RequestCancelledError("the request was cancelled"))
         else:
             self._fail(req, RequestTimeoutError(f"the request timed out after {now - req.submitted:.1f} s"))
