@@ -89,7 +89,11 @@ class GraphCache:
                 torch.cuda.synchronize()
                 st.load(*inputs)
         if graph is None:
-            graph = capture_step(st, self.pool, conditional=False)
+            try:
+                graph = capture_step(st, self.pool, conditional=False)
+            except RuntimeError as e:
+                raise RuntimeError(f"CUDA graph capture of the denoising step failed ({e}); "
+                                   "Engine.from_pretrained(..., use_cuda_graphs=False) runs it eagerly") from e
         step = CapturedStep(st, graph, conditional)
         self.steps[key] = step
         while len(self.steps) > self.max_graphs:

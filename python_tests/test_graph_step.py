@@ -204,6 +204,49 @@ def test_every_step_is_the_same_program_without_host_reads(engines, options):
     assert any("index_select" in n for n in names)
 
 
-def test_cpu_engine_runs_eagerly(engines, tmp_path):
+def test_cpu_engine_runs_eagerly(engines):
     eng = engines["llada"][0]
     assert eng.use_cuda_graphs and eng._graphs is None  # graphs are a CUDA matter
+
+
+class FakeGraph:
+    """Stands in for a captured CUDA graph on the CPU: replay runs the step eagerly."""
+
+    def __init__(self, st):
+        self.st, self.replays = st, 0
+
+    def replay(self):
+        self.replays += 1
+        denoise_step(self.st)
+
+
+def test_graph_cache_bookkeeping(engines, monkeypatch):
+    """GraphCache on the CPU with capture faked: one capture per shape, reuse, the fallback from
+    IF nodes to plain graphs, and the eager loop where the graph step does not apply."""
+    from illada_rt import Engine, cuda_graphs
+    captures = []
+
+    def fake_capture(st, pool, conditional):
+        captures.append(conditional)
+        if conditional:
+            raise RuntimeError("CUDA Graphs conditional nodes are not supported")  # as torch says it
+        return FakeGraph(st)
+    monkeypatch.setattr(cuda_graphs, "capture_step", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, 1))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    model = engines["illada"][0].model
+    eager, graphed = Engine(model, use_cuda_graphs=False), Engine(model)
+    graphed._graphs = GraphCache(model)
+    ids, mask = padded_prompt(model.cfg)
+    for options in (dict(), dict(), dict(threshold=0.1), dict(cache="dual"), dict(threshold=0.5, stop_at_eos=True),
+                    dict(stop_at_eos=True)):
+        want, got = (e.generate(ids, mask, **KW, seed=5, **options) for e in (eager, graphed))
+        assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe
+    # IF node refused once, then plain graphs only; early stop reuses the graph (stop ids are host-side)
+    assert captures == [True, False, False]
+    assert len(graphed._graphs.steps) == 2 and not graphed._graphs.conditional
+    assert all(not s.conditional for s in graphed._graphs.steps.values())
+    graphed._graphs.max_graphs = 1
+    graphed.generate(ids, **KW, seed=5)
+    assert len(graphed._graphs.steps) == 1
