@@ -113,6 +113,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optio
     return out
 
 
+def embedding(tokens: torch.Tensor, table: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out[..., :] = table[tokens[...], :]: tokens [...] int64, table [V, d] -> [..., d] in the table's dtype.
+
+    CPU: a token outside [0, V) raises. CUDA: nothing is read back (graph-capturable); such a
+    token's row is NaN, which the remask non-finite check then reports.
+    """
+    shape = tuple(tokens.shape) + (table.shape[-1],)
+    out = torch.empty(shape, dtype=table.dtype, device=table.device) if out is None else out
+    if tuple(out.shape) != shape:
+        raise ValueError(f"embedding: out has shape {tuple(out.shape)}, expected {shape}")
+    if tokens.dtype != torch.int64:
+        raise ValueError(f"embedding: tokens must be int64, got {tokens.dtype}")
+    flat = tokens.reshape(-1)  # may be a copy: held here until the kernel has been called
+    _C.embedding(_arg(_rows(out, "out"), "out"), _arg(flat, "tokens"), _arg(table, "table"), _stream(table))
+    return out
+
+
 def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, vocab: int, mask_id: int,
             seeds: torch.Tensor, row_offset: torch.Tensor, step: torch.Tensor,
             uncond: Optional[torch.Tensor] = None, cfg_scale: float = 0.0, temperature: float = 0.0,

@@ -82,4 +82,5 @@ PYBIND11_MODULE(_C, m) {
   illada::register_elementwise(m);
   illada::register_attention(m);
   illada::register_remask(m);
+  illada::register_embedding(m);
 }
