@@ -105,7 +105,7 @@ class GraphCache:
         """denoise.denoise's contract (canvas filled in place, returns nfe) by graph replays;
         the eager loop where the graph step does not apply (see supports)."""
         assert model is self.model
-        if not self.supports(s):
+        if not self.supports(s) or any(b.owns is not None for b in blocks):  # owns: infill blocks
             return denoise(model, canvas, key_mask, blocks, prompt_len, seeds, row_offset, s)
         B, L = canvas.shape
         block_length = blocks[0].hi - blocks[0].lo
