@@ -106,6 +106,7 @@ def main():
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--cache", default=None, choices=["prefix", "dual"])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run the steps eagerly (no graph replay)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -114,7 +115,8 @@ def main():
 
     state = None
     if args.model:
-        eng = Engine.from_pretrained(args.model, device=str(device), dtype=args.dtype)
+        eng = Engine.from_pretrained(args.model, device=str(device), dtype=args.dtype,
+                                     use_cuda_graphs=not args.no_cuda_graphs)
         if device.type == "cpu":
             state = load_state_dict(args.model, eng.cfg, dtype)
     else:
@@ -123,14 +125,16 @@ def main():
             raw["n_layers"] = args.n_layers
         cfg = ModelConfig.from_dict(raw)
         weights = synthetic_weights(cfg, dtype, device)
-        eng = Engine(LLaDAModel.from_weights(cfg, weights.items()))
+        eng = Engine(LLaDAModel.from_weights(cfg, weights.items()), use_cuda_graphs=not args.no_cuda_graphs)
         state = weights if device.type == "cpu" else None
         del weights
     cfg = eng.cfg
     ids = torch.randint(0, cfg.mask_token_id, (args.batch, args.prompt_len))
     kw = dict(gen_length=args.gen_length, block_length=args.block_length, steps=steps, threshold=args.threshold)
 
-    paths = [("illada_rt", lambda: eng.generate(ids, seed=0, cache=args.cache, **kw).nfe)]
+    graphs = eng._graphs is not None and args.cache is None  # generate() replays CUDA graphs
+    name = "illada_rt (graphs)" if graphs else "illada_rt"
+    paths = [(name, lambda: eng.generate(ids, seed=0, cache=args.cache, **kw).nfe)]
     if state is not None and args.cache is None:  # the reference generator runs on the CPU only
         ref = reference.ReferenceModel(cfg, state)
         paths.append(("reference", lambda: reference.generate(ref, ids, mask_id=cfg.mask_token_id, seed=0, **kw)[1]))

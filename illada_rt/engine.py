@@ -22,6 +22,7 @@ import torch
 from . import infill as infill_mod
 from . import likelihood, validate
 from .config import ModelConfig
+from .cuda_graphs import GraphCache
 from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
 from .device import resolve_device
 from .infill import InfillOutput
@@ -79,8 +80,11 @@ def _resolve_dtype(dtype) -> torch.dtype:
 
 
 class Engine:
-    def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None):
+    def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None, use_cuda_graphs: bool = True):
         self.model = model
+        # CUDA: generate() replays one captured denoising step per shape (cuda_graphs.py); False: eager
+        self.use_cuda_graphs = use_cuda_graphs
+        self._graphs = GraphCache(model) if use_cuda_graphs and model.device.type == "cuda" else None
         self.cfg: ModelConfig = model.cfg
         self.device: torch.device = model.device
         self.model_dir = model_dir
@@ -90,18 +94,19 @@ class Engine:
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
                         dtype: Union[str, torch.dtype] = "float32", progress=None,
                         quantization: Optional[str] = None, quantize_head: bool = False,
-                        group_size: int = 128) -> "Engine":
+                        group_size: int = 128, use_cuda_graphs: bool = True) -> "Engine":
         """device: "cpu" or "cuda[:N]" (RuntimeError naming the reason where CUDA cannot run).
         progress: optional callable (tensors loaded, tensors in all), called while loading.
         quantization: None, "int8", "int4" or "fp8": quantize the block matrices (and with
         quantize_head the LM head) while loading, int4 in groups of group_size inputs (see
-        quant/). A checkpoint written by illada_rt.quantize loads as stored."""
+        quant/). A checkpoint written by illada_rt.quantize loads as stored.
+        use_cuda_graphs: on CUDA, generate() replays captured steps (False: eager, for debugging)."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
         dev = resolve_device(device)
         cfg = ModelConfig.from_dir(model_dir)
         model = load_model(model_dir, cfg, torch_dtype, dev, progress, quantization, quantize_head, group_size)
-        return cls(model, model_dir)
+        return cls(model, model_dir, use_cuda_graphs)
 
     def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.to(self.device)
@@ -136,8 +141,9 @@ class Engine:
                             steps=steps, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
                             threshold=threshold, cache=cache, seed=seed, stop_at_eos=stop_at_eos,
                             stop_token_ids=stop_token_ids)
-        nfe = denoise(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset,
-                      job.settings)
+        run = denoise if self._graphs is None else self._graphs.denoise
+        nfe = run(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset,
+                  job.settings)
         sequences = job.canvas.cpu()
         return GenerationOutput(sequences, nfe, answer_lengths(sequences[:, job.prompt_len:], job.stops),
                                 job.prompt_len, job.seed)

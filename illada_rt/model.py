@@ -20,6 +20,7 @@ from .quant.linear import linear
 Matrix = Union[torch.Tensor, QuantizedWeight]  # a dense [N, K] weight or its quantized form
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, L, Hkv, hd] after RoPE
+RowSelect = Union[None, slice, torch.Tensor]         # rows of the final layer: all, a span, or [Lr] int64 positions
 
 
 @dataclass
@@ -81,14 +82,15 @@ class LLaDAModel:
         return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
-               rows: Optional[slice], pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+               rows: RowSelect, pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
         """One transformer block on the residual stream x [B, Lx, d] of canvas positions
         [pos0, pos0 + Lx), given h = attn_norm(x).
 
         Returns (x_rows, ffn): the residual stream of the computed rows after attention
         (x itself, updated in place, when rows is None) and the FFN output still to be
-        added to it. With `rows` (absolute positions inside [pos0, pos0 + Lx)), only those
-        query rows are computed; keys and values still cover every row: exact for the rows kept.
+        added to it. With `rows` (absolute positions inside [pos0, pos0 + Lx): a slice, or an
+        int64 index tensor [Lq] whose values stay on the device), only those query rows are
+        computed; keys and values still cover every row: exact for the rows kept.
         kv: this layer's cache (K, V), each [B, L, Hkv, hd] after RoPE: the rows' fresh K/V
         overwrite positions [pos0, pos0 + Lx) and the queries attend to all L cached keys.
         Without it the keys are the rows' own (then x must be the whole sequence, pos0 = 0).
@@ -103,20 +105,24 @@ class LLaDAModel:
             kv[0][:, pos0:pos0 + Lx] = k
             kv[1][:, pos0:pos0 + Lx] = v
             k, v = kv                                            # [B, L, Hkv, hd]
-        local = slice(0, Lx) if rows is None else slice(rows.start - pos0, rows.stop - pos0)
-        if rows is not None:
-            q = q[:, local]
-        ops.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
+        if isinstance(rows, torch.Tensor):  # [Lq] int64 positions, read on the device (CUDA-graph safe)
+            q, x_rows = q.index_select(1, rows - pos0), x.index_select(1, rows - pos0)
+            ops.rope_(q, self.rope_cos.index_select(0, rows), self.rope_sin.index_select(0, rows))
+        else:
+            local = slice(0, Lx) if rows is None else slice(rows.start - pos0, rows.stop - pos0)
+            if rows is not None:
+                q = q[:, local]
+            ops.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
+            x_rows = x if rows is None else x[:, local].contiguous()
         att = ops.attention(q, k, v, key_mask)                   # [B, Lq, H, hd]
         o = linear(att.view(B, -1, cfg.d_model), w.wo)           # [B, Lq, d]
-        x_rows = x if rows is None else x[:, local].contiguous()
         h_rows = ops.rmsnorm(o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
         gate_up = linear(h_rows, w.w_gate_up)                    # [B, Lq, 2F]
         f = cfg.mlp_hidden_size
         act = ops.swiglu(gate_up[..., :f], gate_up[..., f:])
         return x_rows, linear(act, w.w_down)
 
-    def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
+    def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
         """Final-normed hidden states [B, Lr, d] of `rows` (all rows when None).
 
@@ -134,7 +140,7 @@ class LLaDAModel:
                 h = ops.rmsnorm(ffn, self.layers[i + 1].attn_norm, cfg.rms_norm_eps, residual=x)
         return ops.rmsnorm(ffn, self.ln_f, cfg.rms_norm_eps, residual=x_rows)
 
-    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: Optional[slice] = None,
+    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
         """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows` (see hidden)."""
         return linear(self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
