@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -61,12 +62,15 @@ def parse_args(argv=None):
     ap.add_argument("--paths", default="engine,reference", help="comma list: engine, reference")
     ap.add_argument("--matrix", action="store_true", help="the full matrix: " + ", ".join(f"{k} {v}" for k, v in
                                                                                        MATRIX.items()))
-    ap.add_argument("--repeats", type=int, default=3, help="timed whole generations (after a short warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed whole generations after one warm-up generation")
     ap.add_argument("--max-steps", type=int, default=0,
-                    help="engine, exact mode, steps schedule: time this many steps instead of whole runs (0: whole)")
+                    help="engine, exact mode, steps schedule: run about this many steps (whole blocks, >= 1 a "
+                         "block) instead of the schedule's, and scale (0: the full schedule)")
     ap.add_argument("--ref-max-steps", type=int, default=-1,
-                    help="the same for the reference path (default: 3 on CUDA, whole runs on the CPU)")
-    ap.add_argument("--warmup-steps", type=int, default=1, help="untimed forwards before step timing")
+                    help="the same for the reference (default: 1 step a block on CUDA, the full schedule on CPU)")
+    ap.add_argument("--ref-repeats", type=int, default=-1, help="the reference's --repeats (default: 1 on CUDA)")
+    ap.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra keyword for the Engine (e.g. use_cuda_graphs=0 where the Engine has it); repeatable")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; later configurations are skipped")
     ap.add_argument("--matmul-size", type=int, default=0, help="peak-FLOP matmul size (default 8192 CUDA, 1024 CPU)")
     ap.add_argument("--copy-mib", type=int, default=0, help="bandwidth copy size (default 2048 CUDA, 256 CPU)")
@@ -82,75 +86,59 @@ def parse_args(argv=None):
     if len(prompts) != len(gens):
         ap.error("--prompt-len and --gen-length need the same number of values (or one of them a single value)")
     args.lengths = list(zip(prompts, gens))
+    args.engine_kwargs = {}
+    for item in args.engine_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--engine-option {item!r}: expected KEY=VALUE")
+        try:
+            args.engine_kwargs[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            args.engine_kwargs[key] = value
     return args
 
 
-def run_engine(eng, ids, kw, mode, clock=None):
-    """One generation (or part of one, with a StepClock); returns its forward count."""
-    real = eng.model
-    if clock is not None:
-        eng.model = measure.ClockedModel(real, clock)
-    try:
-        return eng.generate(ids, seed=0, cache=None if mode == "exact" else mode, **kw).nfe
-    finally:
-        eng.model = real
+def run_engine(eng, ids, kw, mode):
+    """One generation; returns its forward count."""
+    return eng.generate(ids, seed=0, cache=None if mode == "exact" else mode, **kw).nfe
 
 
-def run_reference(ref, ids, kw, clock=None):
-    """reference.generate on the weights' device (tensors it creates land there too)."""
-    model = ref if clock is None else (lambda x, m: (clock.tick(), ref(x, m))[1])
+def run_reference(ref, ids, kw):
+    """reference.generate on the weights' device (ids there: the tensors it creates land there too)."""
     with torch.device(ids.device):
-        return reference.generate(model, ids, mask_id=ref.cfg.mask_token_id, seed=0, **kw)[1]
+        return reference.generate(ref, ids, mask_id=ref.cfg.mask_token_id, seed=0, **kw)[1]
 
 
-def time_config(run, device, limited: int, args, deadline) -> dict:
-    """Time run(clock) -> nfe: `limited` steps after warm-up when limited > 0, else --repeats whole runs
-    after a two-forward warm-up. Returns ms_per_step, nfe and how it was timed."""
-    if limited > 0:
-        clock = measure.StepClock(device, args.warmup_steps, limited, deadline)
-        try:
-            run(clock)
-        except measure.StepLimit as stop:
-            if str(stop) == "time budget":
-                raise
-        secs = clock.step_seconds()
-        if len(secs) < limited:  # the generation ended first: fewer steps than asked
-            raise RuntimeError(f"only {len(secs)} steps to time (fewer than --max-steps {limited})")
-        return dict(ms_per_step=1e3 * measure.median(secs), timing=f"median of {len(secs)} steps")
-    try:
-        run(measure.StepClock(device, 0, 1, deadline))  # warm-up: two forwards
-    except measure.StepLimit as stop:
-        if str(stop) == "time budget":
-            raise
-    secs, nfe = [], 0
-    for _ in range(args.repeats):
-        if time.monotonic() > deadline:
-            raise measure.StepLimit("time budget")
-        start = measure.Stamp(device)
-        nfe = run(None)
-        secs.append(start.seconds_to(measure.Stamp(device)))
-    seconds = measure.median(secs)
-    return dict(seconds_per_generation=seconds, nfe=nfe, ms_per_step=1e3 * seconds / nfe,
-                timing=f"median of {len(secs)} runs")
+def timed_steps(row, cap: int) -> int:
+    """Steps to run: the schedule's, or, for the exact mode's top-k schedule with 0 < cap < steps,
+    the fewest whole blocks' worth >= 1 step a block (each exact forward costs the same however many
+    tokens it unmasks, so ms/step carries over to the one-token-per-step schedule)."""
+    steps, blocks = row["steps"], row["gen_length"] // row["block_length"]
+    if row["schedule"] != "steps" or row["mode"] != "exact" or cap <= 0 or cap >= steps:
+        return steps
+    return blocks * max(1, cap // blocks)
 
 
 def measure_row(row, eng, ref, ids, args, limits, deadline) -> dict:
     device, cfg = eng.device, eng.cfg
     B, P, G, b = row["batch"], row["prompt_len"], row["gen_length"], row["block_length"]
-    kw = dict(gen_length=G, block_length=b, steps=row["steps"], threshold=row["threshold"])
-    topk_exact = row["schedule"] == "steps" and row["mode"] == "exact"
     if row["path"] == "engine":
-        limited = args.max_steps if topk_exact else 0
-        timed = time_config(lambda clock: run_engine(eng, ids, kw, row["mode"], clock), device, limited, args,
-                            deadline)
+        cap, repeats = args.max_steps, args.repeats
+        run = lambda kw: run_engine(eng, ids, kw, row["mode"])  # noqa: E731
     else:
-        limited = (3 if measure.is_cuda(device) else 0) if args.ref_max_steps < 0 else args.ref_max_steps
-        timed = time_config(lambda clock: run_reference(ref, ids, kw, clock), device, limited if topk_exact else 0,
-                            args, deadline)
-    row.update(timed)
-    nfe = row.setdefault("nfe", row["steps"])  # step timing: the top-k schedule takes exactly `steps` forwards
-    ms = row["ms_per_step"]
-    row["tokens_per_s"] = B * G / (nfe * ms / 1e3)
+        cuda = measure.is_cuda(device)
+        cap = (1 if cuda else 0) if args.ref_max_steps < 0 else args.ref_max_steps
+        repeats = (1 if cuda else args.repeats) if args.ref_repeats < 0 else args.ref_repeats
+        ids = ids.to(device)
+        run = lambda kw: run_reference(ref, ids, kw)  # noqa: E731
+    steps = timed_steps(row, cap)
+    kw = dict(gen_length=G, block_length=b, steps=steps, threshold=row["threshold"])
+    seconds, nfe = measure.time_runs(lambda: run(kw), device, repeats, deadline)
+    ms = 1e3 * seconds / nfe
+    row.update(timed_steps=steps, nfe=nfe, seconds_per_run=seconds, ms_per_step=ms,
+               timing=f"median of {repeats} runs" + ("" if steps == row["steps"] else f" of {steps} steps"))
+    # one token a step, timed on fewer steps: the full schedule's time is steps x ms/step
+    row["tokens_per_s"] = B * G / (seconds if steps == row["steps"] else row["steps"] * ms / 1e3)
     cost = roofline.step_cost(cfg, B, P, G, b, "reference" if row["path"] == "reference" else row["mode"],
                               nfe / (G // b), eng.model.dtype.itemsize)
     row.update(measure.roofline_row(cost, ms / 1e3, limits))
@@ -161,18 +149,21 @@ def measure_row(row, eng, ref, ids, args, limits, deadline) -> dict:
 def run_model(model_name, args, device, limits, deadline, out_rows, save):
     dtype = DTYPES[args.dtype]
     try:
-        eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device)
+        eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device,
+                                          args.engine_kwargs)
     except torch.cuda.OutOfMemoryError:
         out_rows.append(dict(model=model_name, status="oom (weights)"))
         return
+    except TypeError as e:  # an --engine-option this Engine does not take
+        raise SystemExit(f"bench_generate: {e}")
     cfg = eng.cfg
     weights_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
     paths = [p for p in args.paths.split(",") if p]
-    for schedule in args.schedules.split(","):
-        for P, G in args.lengths:
-            for B in ints(args.batch):
+    for schedule in args.schedules.split(","):  # cheapest first: a time budget cuts the largest batches
+        for B in ints(args.batch):
+            for P, G in args.lengths:
                 ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
-                ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids).to(device)
+                ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # CPU: as callers pass
                 for mode in args.modes.split(","):
                     for path in paths:
                         if path == "reference" and mode != "exact":
@@ -187,7 +178,7 @@ def run_model(model_name, args, device, limits, deadline, out_rows, save):
                             torch.cuda.reset_peak_memory_stats(device)
                         try:
                             measure_row(row, eng, ref, ids, args, limits, deadline)
-                        except measure.StepLimit:
+                        except measure.OutOfTime:
                             row["status"] = "skipped (time budget)"
                         except torch.cuda.OutOfMemoryError:
                             row["status"] = "oom"
@@ -228,7 +219,7 @@ def main(argv=None):
           f"{limits['copy']['mib']} MiB)", flush=True)
     path = results.result_path(args.out, info, args.suffix)
     rows = []
-    settings = {k: v for k, v in vars(args).items() if k != "lengths"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("lengths", "engine_option")}
     result = dict(kind="bench_generate", **info, dtype=args.dtype, settings=settings, limits=limits, rows=rows)
     save = lambda: results.write_json(path, result)  # noqa: E731
     for name in ([None] if args.model else args.synthetic.split(",")):

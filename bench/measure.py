@@ -104,53 +104,22 @@ def roofline_row(cost, seconds_per_step: float, limits: dict) -> dict:
                 roofline_bytes=gbs / limits["copy"]["gb_per_s"])
 
 
-# ----------------------------------------------------------------------------- per-step clock
+# ----------------------------------------------------------------------------- whole runs
 
 
-class StepLimit(Exception):
-    """Raised from inside a generation once the clock has what it needs (or time ran out)."""
+class OutOfTime(Exception):
+    """The run's time budget is spent: the configurations left are skipped."""
 
 
-class StepClock:
-    """Stamps the start of every forward of a generation; after `warmup` forwards it keeps
-    `steps` + 1 stamps (steps intervals, each a forward plus the selection that follows it)
-    and then raises StepLimit to end the generation early. deadline: time.monotonic() value
-    after which the next forward raises StepLimit("time budget") instead."""
-
-    def __init__(self, device: torch.device, warmup: int, steps: int, deadline: float = float("inf")):
-        self.device, self.warmup, self.steps, self.deadline = device, warmup, steps, deadline
-        self.calls, self.stamps = 0, []
-
-    def tick(self):
-        if time.monotonic() > self.deadline:
-            raise StepLimit("time budget")
-        self.calls += 1
-        if self.calls > self.warmup:
-            self.stamps.append(Stamp(self.device))
-        if self.calls == self.warmup + self.steps + 1:
-            raise StepLimit("enough steps")
-
-    def step_seconds(self) -> List[float]:
-        return [a.seconds_to(b) for a, b in zip(self.stamps, self.stamps[1:])]
-
-
-class ClockedModel:
-    """An LLaDAModel whose forwards (logits, prefill, block_step) tick a StepClock first."""
-
-    def __init__(self, model, clock: StepClock):
-        self._model, self._clock = model, clock
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def logits(self, *args, **kwargs):
-        self._clock.tick()
-        return self._model.logits(*args, **kwargs)
-
-    def prefill(self, *args, **kwargs):
-        self._clock.tick()
-        return self._model.prefill(*args, **kwargs)
-
-    def block_step(self, *args, **kwargs):
-        self._clock.tick()
-        return self._model.block_step(*args, **kwargs)
+def time_runs(run: Callable[[], int], device: torch.device, repeats: int, deadline: float = float("inf")):
+    """(median seconds, forwards) of `repeats` whole calls of run() -> forwards, after one untimed
+    warm-up call; OutOfTime before any call that starts after `deadline` (a time.monotonic value)."""
+    secs, nfe = [], 0
+    for i in range(repeats + 1):
+        if time.monotonic() > deadline:
+            raise OutOfTime()
+        start = Stamp(device)
+        nfe = run()
+        if i > 0:
+            secs.append(start.seconds_to(Stamp(device)))
+    return median(secs), nfe

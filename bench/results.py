@@ -4,12 +4,16 @@
 
 --out DIR puts the file in DIR instead; --out FILE.json writes exactly there.
 The file is rewritten after every configuration, so a run cut short keeps what it measured.
+gpu_check.sh packs a run's files into one results.json ({file name: content}); unpack it with
+
+    python bench/results.py unpack OUT/results.json [bench/results]
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 from typing import Iterable, Optional, Sequence, Tuple
 
 from device_info import device_slug
@@ -64,3 +68,38 @@ def markdown_table(rows: Iterable[dict], columns: Sequence[Tuple[str, str, str]]
     for r in rows:
         lines.append("| " + " | ".join(fmt(r.get(key), spec) for _, key, spec in columns) + " |")
     return "\n".join(lines)
+
+
+def pack(paths: Sequence[str], out: str) -> None:
+    """Many result files -> one JSON object {file name: content}."""
+    packed = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            packed[os.path.basename(path)] = json.load(f)
+    write_json(out, packed)
+
+
+def unpack(packed_path: str, folder: str = RESULTS_DIR) -> list:
+    """The inverse of pack: one file per entry in `folder` (an existing name is not overwritten)."""
+    with open(packed_path, encoding="utf-8") as f:
+        packed = json.load(f)
+    os.makedirs(folder, exist_ok=True)
+    written = []
+    for name, content in packed.items():
+        path = os.path.join(folder, os.path.basename(name))
+        if os.path.exists(path):
+            print(f"exists, kept: {path}")
+            continue
+        write_json(path, content)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "pack":
+        pack(sys.argv[3:], sys.argv[2])
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "unpack":
+        for p in unpack(*sys.argv[2:]):
+            print(p)
+    else:
+        sys.exit("usage: results.py pack OUT.json FILE.json... | results.py unpack PACKED.json [FOLDER]")

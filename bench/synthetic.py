@@ -6,7 +6,7 @@ make every token equally meaningless, and the timing does not depend on them.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -70,13 +70,15 @@ def shared_state(model: LLaDAModel) -> Dict[str, torch.Tensor]:
     return state
 
 
-def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, device: torch.device):
-    """(engine, reference model on the same weights, label)."""
+def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, device: torch.device,
+          engine_kwargs: Optional[dict] = None):
+    """(engine, reference model on the same weights, label); engine_kwargs go to the Engine."""
+    engine_kwargs = engine_kwargs or {}
     if model_dir:
-        eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype)
+        eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype, **engine_kwargs)
         label = model_dir
     else:
         cfg = synthetic_config(synthetic, n_layers)
-        eng = Engine(LLaDAModel.from_weights(cfg, synthetic_weights(cfg, dtype, device)))
+        eng = Engine(LLaDAModel.from_weights(cfg, synthetic_weights(cfg, dtype, device)), **engine_kwargs)
         label = f"synthetic {synthetic}" + (f" ({n_layers} layers)" if n_layers else "")
     return eng, reference.ReferenceModel(eng.cfg, shared_state(eng.model)), label

@@ -12,6 +12,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench_generate  # noqa: E402
 import device_info  # noqa: E402
 import measure  # noqa: E402
 import results  # noqa: E402
@@ -65,8 +66,12 @@ def test_bench_generate_cpu_smoke(tmp_path):
         if row["path"] == "engine":
             assert positive(row["speedup"])
     step_timed = [row for row in rows if row["schedule"] == "steps" and row["mode"] == "exact"]
-    assert {row["timing"] for row in step_timed} == {"median of 2 steps"}
-    assert all(row["timing"] == "median of 1 runs" for row in rows if row["schedule"] == "threshold")
+    # 2 blocks of 8: the exact top-k rows run 2 steps (8 tokens each) and scale to 16 steps
+    assert {row["timing"] for row in step_timed} == {"median of 1 runs of 2 steps"}
+    assert all(row["nfe"] == 2 and row["steps"] == 16 for row in step_timed)
+    for row in step_timed:
+        assert row["tokens_per_s"] == pytest.approx(row["batch"] * 16 / (16 * row["ms_per_step"] / 1e3))
+    assert all(row["timing"] == "median of 1 runs" for row in rows if row not in step_timed)
     assert "speed-up over the reference path" in r.stdout
     table = r.stdout.rstrip().splitlines()
     assert table[-len(rows) - 2].startswith("| model |") and all(line.startswith("| ") for line in table[-len(rows):])
@@ -119,14 +124,20 @@ def test_reference_on_the_engines_shared_weights_matches_the_engine():
     assert label == "synthetic small (2 layers)"
 
 
-def test_step_clock_stops_after_warmup_and_steps():
-    clock = measure.StepClock(torch.device("cpu"), warmup=2, steps=3)
-    with pytest.raises(measure.StepLimit, match="enough"):
-        for _ in range(10):
-            clock.tick()
-    assert clock.calls == 6 and len(clock.step_seconds()) == 3
-    with pytest.raises(measure.StepLimit, match="time budget"):
-        measure.StepClock(torch.device("cpu"), 0, 5, deadline=0.0).tick()
+def test_timed_steps_shrink_only_the_exact_top_k_schedule():
+    row = dict(steps=512, gen_length=512, block_length=32, schedule="steps", mode="exact")
+    assert bench_generate.timed_steps(row, 0) == 512 and bench_generate.timed_steps(row, 600) == 512
+    assert bench_generate.timed_steps(row, 3) == 16 and bench_generate.timed_steps(row, 40) == 32
+    assert bench_generate.timed_steps(dict(row, mode="dual"), 3) == 512
+    assert bench_generate.timed_steps(dict(row, schedule="threshold"), 3) == 512
+
+
+def test_time_runs_warms_up_then_stops_at_the_deadline():
+    calls = []
+    seconds, nfe = measure.time_runs(lambda: calls.append(1) or 7, torch.device("cpu"), repeats=2)
+    assert len(calls) == 3 and nfe == 7 and seconds >= 0
+    with pytest.raises(measure.OutOfTime):
+        measure.time_runs(lambda: 1, torch.device("cpu"), 1, deadline=0.0)
 
 
 def test_device_info_without_pynvml(monkeypatch):
@@ -151,3 +162,15 @@ def test_result_paths_never_overwrite(tmp_path):
     assert json.loads(open(first).read()) == dict(v=None)
     assert os.path.basename(results.result_path(str(tmp_path), info, "x")) == "nvidia-h200_2026-01-02_x_2.json"
     assert results.result_path(str(tmp_path / "a.json"), info) == str(tmp_path / "a.json")
+
+
+def test_pack_and_unpack_round_trip(tmp_path):
+    files = []
+    for i in range(2):
+        files.append(str(tmp_path / f"gpu_2026-01-0{i + 1}.json"))
+        results.write_json(files[-1], dict(rows=[dict(ms_per_step=float(i))]))
+    results.pack(files, str(tmp_path / "packed.json"))
+    written = results.unpack(str(tmp_path / "packed.json"), str(tmp_path / "unpacked"))
+    assert sorted(os.path.basename(p) for p in written) == ["gpu_2026-01-01.json", "gpu_2026-01-02.json"]
+    assert json.loads(open(written[0]).read())["rows"][0]["ms_per_step"] in (0.0, 1.0)
+    assert results.unpack(str(tmp_path / "packed.json"), str(tmp_path / "unpacked")) == []  # never overwrites
