@@ -16,7 +16,7 @@ from illada_rt.model import LLaDAModel
 
 _COMMON = dict(model_type="llada", rms_norm_eps=1e-5)
 SYNTHETIC = {
-    # CI-sized: 4 layers, d 256, GQA 4/2 heads of 64, tied head (4.3M parameters)
+    # CI-sized: 4 layers, d 256, GQA 4/2 heads of 64, tied head (4.0M parameters)
     "small": dict(_COMMON, d_model=256, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden_size=704,
                   vocab_size=4096, embedding_size=4096, rope_theta=10000.0, weight_tying=True,
                   mask_token_id=3, eos_token_id=1, pad_token_id=0, max_sequence_length=2048),
