@@ -146,6 +146,18 @@ def measure_row(row, eng, ref, ids, args, limits, deadline) -> dict:
     return row
 
 
+def configurations(args):
+    """(schedule, batch, (prompt, gen), mode, path) in run order: cheapest first, so that a time budget
+    cuts the largest batches. The reference runs the exact mode only (its full-sequence generation)."""
+    for schedule in args.schedules.split(","):
+        for B in ints(args.batch):
+            for lengths in args.lengths:
+                for mode in args.modes.split(","):
+                    for path in [p for p in args.paths.split(",") if p]:
+                        if path == "engine" or mode == "exact":
+                            yield schedule, B, lengths, mode, path
+
+
 def run_model(model_name, args, device, limits, deadline, out_rows, save):
     dtype = DTYPES[args.dtype]
     try:
@@ -158,40 +170,33 @@ def run_model(model_name, args, device, limits, deadline, out_rows, save):
         raise SystemExit(f"bench_generate: {e}")
     cfg = eng.cfg
     weights_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
-    paths = [p for p in args.paths.split(",") if p]
-    for schedule in args.schedules.split(","):  # cheapest first: a time budget cuts the largest batches
-        for B in ints(args.batch):
-            for P, G in args.lengths:
-                ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
-                ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # CPU: as callers pass
-                for mode in args.modes.split(","):
-                    for path in paths:
-                        if path == "reference" and mode != "exact":
-                            continue  # the baseline is the reference's exact (full-sequence) generation
-                        row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib,
-                                   lengths=f"{P}+{G}", prompt_len=P, gen_length=G, block_length=args.block_length,
-                                   batch=B, steps=args.steps or G, schedule=schedule, mode=mode, path=path,
-                                   threshold=args.threshold if schedule == "threshold" else None, status="ok")
-                        out_rows.append(row)
-                        if measure.is_cuda(device):
-                            torch.cuda.synchronize(device)
-                            torch.cuda.reset_peak_memory_stats(device)
-                        try:
-                            measure_row(row, eng, ref, ids, args, limits, deadline)
-                        except measure.OutOfTime:
-                            row["status"] = "skipped (time budget)"
-                        except torch.cuda.OutOfMemoryError:
-                            row["status"] = "oom"
-                        except (RuntimeError, ValueError) as e:
-                            row["status"] = "error: " + str(e).splitlines()[0][:200]
-                        if measure.is_cuda(device):
-                            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-                            row["gpu_now"] = nvml_snapshot(device.index or 0)
-                            gc.collect()
-                            torch.cuda.empty_cache()
-                        print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} "
-                              f"{path}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
-                        save()
+    for schedule, B, (P, G), mode, path in configurations(args):
+        ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
+        ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # on the CPU, as callers pass
+        row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, lengths=f"{P}+{G}",
+                   prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
+                   schedule=schedule, mode=mode, path=path,
+                   threshold=args.threshold if schedule == "threshold" else None, status="ok")
+        out_rows.append(row)
+        if measure.is_cuda(device):
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            measure_row(row, eng, ref, ids, args, limits, deadline)
+        except measure.OutOfTime:
+            row["status"] = "skipped (time budget)"
+        except torch.cuda.OutOfMemoryError:
+            row["status"] = "oom"
+        except (RuntimeError, ValueError) as e:
+            row["status"] = "error: " + str(e).splitlines()[0][:200]
+        if measure.is_cuda(device):
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            row["gpu_now"] = nvml_snapshot(device.index or 0)
+            gc.collect()
+            torch.cuda.empty_cache()
+        print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} "
+              f"{path}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
+        save()
     del eng, ref
     gc.collect()
     if measure.is_cuda(device):
