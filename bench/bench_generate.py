@@ -3,7 +3,7 @@ same weights and settings, with the fraction of the hardware limits measured in 
 
     python bench/bench_generate.py                                   # small synthetic model, CPU
     python bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic illada-8b,llada-8b --matrix
-    python bench/bench_generate.py --device cuda --dtype bfloat16 --model DIR --batch 1,8 --prompt-len 256 --gen-length 256
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --model DIR --batch 1,8 --quant none,int8
 
 One row per (model, lengths, batch, schedule, mode, path); see bench/README.md for every field.
 Writes bench/results/<device>_<date>.json (or --out DIR / FILE.json) and prints a markdown table last.
@@ -34,7 +34,8 @@ from device_info import device_info, nvml_snapshot  # noqa: E402
 MATRIX = dict(prompt_len="256,512", gen_length="256,512", batch="1,8,32", schedules="steps,threshold",
               modes="exact,prefix,dual")
 COLUMNS = [("model", "model", ""), ("P+G", "lengths", ""), ("batch", "batch", ""), ("schedule", "schedule", ""),
-           ("mode", "mode", ""), ("path", "path", ""), ("status", "status", ""), ("ms/step", "ms_per_step", ".2f"),
+           ("mode", "mode", ""), ("quant", "quant", ""), ("path", "path", ""), ("status", "status", ""),
+           ("ms/step", "ms_per_step", ".2f"),
            ("tokens/s", "tokens_per_s", ".1f"), ("x ref", "speedup", ".2f"), ("TFLOP/s", "tflop_per_s", ".3g"),
            ("% peak FLOP", "pct_flops", ".1f"), ("GB/s", "gb_per_s", ".3g"), ("% peak BW", "pct_bytes", ".1f"),
            ("peak GiB", "peak_memory_gib", ".1f"), ("timing", "timing", "")]
@@ -60,6 +61,9 @@ def parse_args(argv=None):
     ap.add_argument("--threshold", type=float, default=0.9, help="the threshold schedule's confidence threshold")
     ap.add_argument("--modes", default="exact", help="comma list of engine modes: exact, prefix, dual (KV caches)")
     ap.add_argument("--paths", default="engine,reference", help="comma list: engine, reference")
+    ap.add_argument("--quant", default="none",
+                    help="comma list of weight formats: none, int8, int4, fp8 (quantized at load where the "
+                         "package supports it; the reference runs on the dense weights only)")
     ap.add_argument("--matrix", action="store_true", help="the full matrix: " + ", ".join(f"{k} {v}" for k, v in
                                                                                        MATRIX.items()))
     ap.add_argument("--repeats", type=int, default=3, help="timed whole generations after one warm-up generation")
@@ -139,43 +143,48 @@ def measure_row(row, eng, ref, ids, args, limits, deadline) -> dict:
                timing=f"median of {repeats} runs" + ("" if steps == row["steps"] else f" of {steps} steps"))
     # one token a step, timed on fewer steps: the full schedule's time is steps x ms/step
     row["tokens_per_s"] = B * G / (seconds if steps == row["steps"] else row["steps"] * ms / 1e3)
+    quant = None if row["quant"] == "none" else row["quant"]
     cost = roofline.step_cost(cfg, B, P, G, b, "reference" if row["path"] == "reference" else row["mode"],
-                              nfe / (G // b), eng.model.dtype.itemsize)
+                              nfe / (G // b), eng.model.dtype.itemsize, quant)
     row.update(measure.roofline_row(cost, ms / 1e3, limits))
     row["pct_flops"], row["pct_bytes"] = 100 * row["roofline_flops"], 100 * row["roofline_bytes"]
     return row
 
 
-def configurations(args):
+def configurations(args, with_reference: bool = True):
     """(schedule, batch, (prompt, gen), mode, path) in run order: cheapest first, so that a time budget
-    cuts the largest batches. The reference runs the exact mode only (its full-sequence generation)."""
+    cuts the largest batches. The reference runs the exact mode only (its full-sequence generation),
+    and not at all on quantized weights (with_reference False)."""
     for schedule in args.schedules.split(","):
         for B in ints(args.batch):
             for lengths in args.lengths:
                 for mode in args.modes.split(","):
                     for path in [p for p in args.paths.split(",") if p]:
-                        if path == "engine" or mode == "exact":
+                        if path == "engine" or (mode == "exact" and with_reference):
                             yield schedule, B, lengths, mode, path
 
 
-def run_model(model_name, args, device, limits, deadline, out_rows, save):
+def run_model(model_name, quant, args, device, limits, deadline, out_rows, save):
     dtype = DTYPES[args.dtype]
+    quant = None if quant == "none" else quant
     try:
         eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device,
-                                          args.engine_kwargs)
+                                          args.engine_kwargs, quant)
     except torch.cuda.OutOfMemoryError:
-        out_rows.append(dict(model=model_name, status="oom (weights)"))
-        return
-    except TypeError as e:  # an --engine-option this Engine does not take
-        raise SystemExit(f"bench_generate: {e}")
+        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status="oom (weights)"))
+        return save()
+    except (TypeError, ValueError) as e:  # an option or format this illada_rt does not take
+        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status=f"error: {e}"))
+        print(f"bench_generate: {model_name or args.model} {quant or ''}: {e}", flush=True)
+        return save()
     cfg = eng.cfg
     weights_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
-    for schedule, B, (P, G), mode, path in configurations(args):
+    for schedule, B, (P, G), mode, path in configurations(args, ref is not None):
         ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
         ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # on the CPU, as callers pass
         row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, lengths=f"{P}+{G}",
                    prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
-                   schedule=schedule, mode=mode, path=path,
+                   schedule=schedule, mode=mode, quant=quant or "none", path=path,
                    threshold=args.threshold if schedule == "threshold" else None, status="ok")
         out_rows.append(row)
         if measure.is_cuda(device):
@@ -204,7 +213,8 @@ def run_model(model_name, args, device, limits, deadline, out_rows, save):
 
 
 def add_speedups(rows):
-    """speedup = engine tokens/s over the reference's on the same model, lengths, batch and schedule."""
+    """speedup = engine tokens/s over the reference's on the same model, lengths, batch and schedule
+    (quantized rows too: the reference runs on the dense weights)."""
     key = lambda r: (r.get("model"), r.get("lengths"), r.get("batch"), r.get("schedule"))  # noqa: E731
     base = {key(r): r["tokens_per_s"] for r in rows if r.get("path") == "reference" and "tokens_per_s" in r}
     for r in rows:
@@ -228,7 +238,8 @@ def main(argv=None):
     result = dict(kind="bench_generate", **info, dtype=args.dtype, settings=settings, limits=limits, rows=rows)
     save = lambda: results.write_json(path, result)  # noqa: E731
     for name in ([None] if args.model else args.synthetic.split(",")):
-        run_model(name, args, device, limits, deadline, rows, save)
+        for quant in args.quant.split(","):
+            run_model(name, quant, args, device, limits, deadline, rows, save)
     add_speedups(rows)
     result["seconds"] = time.monotonic() - started
     save()

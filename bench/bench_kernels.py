@@ -70,7 +70,8 @@ def case_remask(shape, dtype, device, g):
     start[:, lo:] = mask_id
     tokens = start.clone()
     dev = dict(dtype=torch.int64, device=device)
-    seeds, row_offset, step, k = torch.arange(B, **dev), torch.zeros(B, **dev), torch.zeros(B, **dev), torch.ones(B, **dev)
+    seeds, row_offset, step = torch.arange(B, **dev), torch.zeros(B, **dev), torch.zeros(B, **dev)
+    k = torch.ones(B, **dev)                                     # one token a row
     work = ops.remask_workspace(B, Lb, device) if measure.is_cuda(device) else None
 
     def ours():

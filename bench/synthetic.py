@@ -70,15 +70,32 @@ def shared_state(model: LLaDAModel) -> Dict[str, torch.Tensor]:
     return state
 
 
+def quantized(named, cfg: ModelConfig, fmt: str, dtype: torch.dtype, device: torch.device):
+    """The weights quantized to `fmt` as they stream in, where this illada_rt has quantization at load."""
+    try:
+        from illada_rt.quant.load import quantize_stream
+        from illada_rt.quant.spec import QuantSpec
+    except ImportError as e:
+        raise ValueError(f"quantization {fmt!r}: this illada_rt cannot quantize at load ({e})") from None
+    return quantize_stream(named, cfg, QuantSpec(fmt), dtype, device)
+
+
 def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, device: torch.device,
-          engine_kwargs: Optional[dict] = None):
-    """(engine, reference model on the same weights, label); engine_kwargs go to the Engine."""
-    engine_kwargs = engine_kwargs or {}
+          engine_kwargs: Optional[dict] = None, quant: Optional[str] = None):
+    """(engine, reference model on the same weights or None when quantized, label).
+    engine_kwargs go to the Engine; quant: None or a format ("int8", "int4", "fp8")."""
+    engine_kwargs = dict(engine_kwargs or {})
     if model_dir:
+        if quant:
+            engine_kwargs["quantization"] = quant
         eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype, **engine_kwargs)
         label = model_dir
     else:
         cfg = synthetic_config(synthetic, n_layers)
-        eng = Engine(LLaDAModel.from_weights(cfg, synthetic_weights(cfg, dtype, device)), **engine_kwargs)
+        named = synthetic_weights(cfg, dtype, device)
+        if quant:
+            named = quantized(named, cfg, quant, dtype, device)
+        eng = Engine(LLaDAModel.from_weights(cfg, named), **engine_kwargs)
         label = f"synthetic {synthetic}" + (f" ({n_layers} layers)" if n_layers else "")
-    return eng, reference.ReferenceModel(eng.cfg, shared_state(eng.model)), label
+    ref = None if quant else reference.ReferenceModel(eng.cfg, shared_state(eng.model))
+    return eng, ref, label

@@ -80,9 +80,13 @@ def test_bench_generate_cpu_smoke(tmp_path):
 def test_bench_generate_time_budget_skips_and_still_writes(tmp_path):
     out = tmp_path / "run.json"
     run_script("bench_generate.py", "--n-layers", "1", "--prompt-len", "8", "--gen-length", "8", "--block-length", "8",
-               "--time-budget", "0.001", "--matmul-size", "128", "--copy-mib", "4", "--out", str(out))
+               "--quant", "none,int8", "--time-budget", "0.001", "--matmul-size", "128", "--copy-mib", "4",
+               "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
-    assert rows and all(row["status"] == "skipped (time budget)" for row in rows)
+    assert [row["quant"] for row in rows][:2] == ["none", "none"]
+    # int8: skipped too where the package quantizes at load, else one row naming why it cannot
+    assert all(row["status"] == "skipped (time budget)" or row["status"].startswith("error: quantization 'int8'")
+               for row in rows), rows
 
 
 def test_bench_kernels_cpu_smoke(tmp_path):

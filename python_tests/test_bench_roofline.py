@@ -65,3 +65,13 @@ def test_cache_modes_average_prefill_and_cheaper_steps():
     assert fill.bytes > roofline.forward_cost(TINY, 1, 6, 6, 2, 2, 2).bytes
     with pytest.raises(ValueError, match="mode"):
         roofline.step_cost(TINY, 1, 4, 2, 2, "fast", 2, elt=2)
+
+
+def test_quantized_matrices_count_their_stored_bytes():
+    matrices, norms, top = 8 * 16 + 8 * 8 + 3 * 8 * 12, 2 * 8, 8 + 10 * 8   # per layer; final norm + head
+    assert roofline.weight_bytes(TINY, 2) == 2 * (2 * (matrices + norms) + top)
+    assert roofline.weight_bytes(TINY, 2, matrix_elt=1.0) == 2 * (matrices + 2 * norms) + 2 * top
+    dense = roofline.step_cost(TINY, 1, 4, 2, 2, "exact", 2, elt=2)
+    int4 = roofline.step_cost(TINY, 1, 4, 2, 2, "exact", 2, elt=2, quant="int4")
+    assert int4.flops == dense.flops
+    assert dense.bytes - int4.bytes == 2 * matrices * (2 - roofline.MATRIX_BYTES["int4"])
