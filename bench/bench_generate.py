@@ -33,12 +33,6 @@ from device_info import device_info, nvml_snapshot  # noqa: E402
 
 MATRIX = dict(prompt_len="256,512", gen_length="256,512", batch="1,8,32", schedules="steps,threshold",
               modes="exact,prefix,dual")
-COLUMNS = [("model", "model", ""), ("P+G", "lengths", ""), ("batch", "batch", ""), ("schedule", "schedule", ""),
-           ("mode", "mode", ""), ("quant", "quant", ""), ("path", "path", ""), ("status", "status", ""),
-           ("ms/step", "ms_per_step", ".2f"),
-           ("tokens/s", "tokens_per_s", ".1f"), ("x ref", "speedup", ".2f"), ("TFLOP/s", "tflop_per_s", ".3g"),
-           ("% peak FLOP", "pct_flops", ".1f"), ("GB/s", "gb_per_s", ".3g"), ("% peak BW", "pct_bytes", ".1f"),
-           ("peak GiB", "peak_memory_gib", ".1f"), ("timing", "timing", "")]
 
 
 def ints(text: str):
@@ -250,7 +244,7 @@ def main(argv=None):
             print(f"speed-up over the reference path: {r['speedup']:.2f}x ({r['model']}, P+G {r['lengths']}, "
                   f"batch {r['batch']}, {r['schedule']}, {r['mode']})")
     print(f"\n{where}, {args.dtype}, block {args.block_length}, {info['date']}\n")
-    print(results.markdown_table(rows, COLUMNS))
+    print(results.markdown_table(rows, results.GENERATE_COLUMNS))
 
 
 if __name__ == "__main__":

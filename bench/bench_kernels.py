@@ -38,10 +38,6 @@ SHAPES = {
                remask=[(1, 32, 126464), (32, 32, 155136)], rmsnorm=[(8192, 4096)],
                rope=[(8, 1024, 32, 128)], swiglu=[(8192, 14336)]),
 }
-COLUMNS = [("kernel", "kernel", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("ours ms", "ours_ms", ".4g"),
-           ("torch ms", "torch_ms", ".4g"), ("x torch", "speedup", ".2f"), ("unit", "unit", ""),
-           ("ours", "ours_rate", ".4g"), ("torch", "torch_rate", ".4g"), ("% peak", "pct_peak", ".1f"),
-           ("max diff", "max_diff", ".2g")]
 
 
 def sdpa(q, k, v):
@@ -192,7 +188,7 @@ def main(argv=None):
     where = info.get("gpu") or f"{info['cpu']}, {info['torch_threads']} threads"
     print(f"\nresults: {path}\nlimits: {limits['matmul']['tflop_per_s']:.3g} TFLOP/s, "
           f"{limits['copy']['gb_per_s']:.3g} GB/s; {where}, {info['date']}\n")
-    print(results.markdown_table(rows, COLUMNS))
+    print(results.markdown_table(rows, results.KERNEL_COLUMNS))
 
 
 if __name__ == "__main__":

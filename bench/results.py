@@ -7,6 +7,7 @@ The file is rewritten after every configuration, so a run cut short keeps what i
 gpu_check.sh packs a run's files into one results.json ({file name: content}); unpack it with
 
     python bench/results.py unpack OUT/results.json [bench/results]
+    python bench/results.py table bench/results/FILE.json      # its markdown table, device and date
 """
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ from typing import Iterable, Optional, Sequence, Tuple
 from device_info import device_slug
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# the printed tables: (header, row key, format spec)
+GENERATE_COLUMNS = [
+    ("model", "model", ""), ("P+G", "lengths", ""), ("batch", "batch", ""), ("schedule", "schedule", ""),
+    ("mode", "mode", ""), ("quant", "quant", ""), ("path", "path", ""), ("status", "status", ""),
+    ("ms/step", "ms_per_step", ".2f"), ("tokens/s", "tokens_per_s", ".1f"), ("x ref", "speedup", ".2f"),
+    ("TFLOP/s", "tflop_per_s", ".3g"), ("% peak FLOP", "pct_flops", ".1f"), ("GB/s", "gb_per_s", ".3g"),
+    ("% peak BW", "pct_bytes", ".1f"), ("peak GiB", "peak_memory_gib", ".1f"), ("timing", "timing", "")]
+KERNEL_COLUMNS = [
+    ("kernel", "kernel", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("ours ms", "ours_ms", ".4g"),
+    ("torch ms", "torch_ms", ".4g"), ("x torch", "speedup", ".2f"), ("unit", "unit", ""),
+    ("ours", "ours_rate", ".4g"), ("torch", "torch_rate", ".4g"), ("% peak", "pct_peak", ".1f"),
+    ("max diff", "max_diff", ".2g")]
 
 
 def result_path(out: Optional[str], info: dict, suffix: str = "") -> str:
@@ -95,11 +109,23 @@ def unpack(packed_path: str, folder: str = RESULTS_DIR) -> list:
     return written
 
 
+def table(path: str) -> str:
+    """The markdown table of a result file, under a line naming the device, dtype and date."""
+    with open(path, encoding="utf-8") as f:
+        run = json.load(f)
+    columns = KERNEL_COLUMNS if run.get("kind") == "bench_kernels" else GENERATE_COLUMNS
+    where = run.get("gpu") or f"{run.get('cpu')}, {run.get('torch_threads')} threads"
+    return (f"{where}, {run.get('dtype')}, torch {run.get('torch')}, {run.get('date')}\n\n"
+            + markdown_table(run.get("rows", []), columns))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "pack":
+    if len(sys.argv) == 3 and sys.argv[1] == "table":
+        print(table(sys.argv[2]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "pack":
         pack(sys.argv[3:], sys.argv[2])
     elif len(sys.argv) in (3, 4) and sys.argv[1] == "unpack":
         for p in unpack(*sys.argv[2:]):
             print(p)
     else:
-        sys.exit("usage: results.py pack OUT.json FILE.json... | results.py unpack PACKED.json [FOLDER]")
+        sys.exit("usage: results.py table FILE.json | pack OUT.json FILE.json... | unpack PACKED.json [FOLDER]")

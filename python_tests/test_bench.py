@@ -75,6 +75,7 @@ def test_bench_generate_cpu_smoke(tmp_path):
     assert "speed-up over the reference path" in r.stdout
     table = r.stdout.rstrip().splitlines()
     assert table[-len(rows) - 2].startswith("| model |") and all(line.startswith("| ") for line in table[-len(rows):])
+    assert results.table(str(tmp_path / name)).splitlines()[-len(rows) - 2:] == table[-len(rows) - 2:]
 
 
 def test_bench_generate_time_budget_skips_and_still_writes(tmp_path):
