@@ -78,6 +78,13 @@ def parse_args(argv=None):
     if args.matrix:
         for key, value in MATRIX.items():
             setattr(args, key, value)
+    choices = dict(schedules=("steps", "threshold"), modes=("exact", "prefix", "dual"),
+                   paths=("engine", "reference"), quant=("none", "int8", "int4", "fp8"),
+                   synthetic=tuple(synthetic.SYNTHETIC))
+    for key, allowed in choices.items():
+        bad = [x for x in getattr(args, key).split(",") if x not in allowed]
+        if bad:
+            ap.error(f"--{key}: {', '.join(bad)} not among {', '.join(allowed)}")
     prompts, gens = ints(args.prompt_len), ints(args.gen_length)
     if len(prompts) == 1 or len(gens) == 1:
         prompts, gens = prompts * max(1, len(gens) // len(prompts)), gens * max(1, len(prompts) // len(gens))

@@ -165,6 +165,9 @@ def main(argv=None):
     ap.add_argument("--out", help="results folder or .json file (default bench/results/)")
     ap.add_argument("--suffix", default="kernels")
     args = ap.parse_args(argv)
+    bad = [k for k in args.kernels.split(",") if k not in CASES]
+    if bad:
+        ap.error(f"--kernels: {', '.join(bad)} not among {', '.join(CASES)}")
     device = resolve_device(args.device)
     cuda = measure.is_cuda(device)
     dtype = DTYPES[args.dtype or ("bfloat16" if cuda else "float32")]

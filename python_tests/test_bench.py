@@ -179,3 +179,9 @@ def test_pack_and_unpack_round_trip(tmp_path):
     assert sorted(os.path.basename(p) for p in written) == ["gpu_2026-01-01.json", "gpu_2026-01-02.json"]
     assert json.loads(open(written[0]).read())["rows"][0]["ms_per_step"] in (0.0, 1.0)
     assert results.unpack(str(tmp_path / "packed.json"), str(tmp_path / "unpacked")) == []  # never overwrites
+
+
+def test_bench_generate_rejects_unknown_names():
+    for option, value in (("--modes", "exakt"), ("--synthetic", "llada-70b"), ("--quant", "int3")):
+        with pytest.raises(SystemExit):
+            bench_generate.parse_args([option, value])
