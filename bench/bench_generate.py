@@ -1,177 +1,257 @@
-"""Generated tokens per second: illada_rt's engine, and on the CPU the plain-PyTorch reference path.
+"""Generated tokens per second of illada_rt's engine beside the plain-PyTorch reference path, on the
+same weights and settings, with the fraction of the hardware limits measured in the same run.
 
-    python bench/bench_generate.py                       # small synthetic model, CPU
-    python bench/bench_generate.py --model DIR --dtype bfloat16 --prompt-len 256 --gen-length 256
-    python bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic llada-8b   # GPU
+    python bench/bench_generate.py                                   # small synthetic model, CPU
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic illada-8b,llada-8b --matrix
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --model DIR --batch 1,8 --quant none,int8
 
-CPU: both paths run the same weights and settings in one process, timed with a wall clock
-(median of --repeats after one warm-up run); prints one line per path and the ratio.
-CUDA: the engine alone (the reference generator is CPU-only), timed with CUDA events after a
-warm-up run, median of --repeats; also the peak GPU memory (torch.cuda.max_memory_allocated)
-and the achieved dense TFLOP/s of the forwards. tokens/s counts generated tokens only.
-Writes JSON (device, versions, date, one row per path) with --out.
+One row per (model, lengths, batch, schedule, mode, path); see bench/README.md for every field.
+Writes bench/results/<device>_<date>.json (or --out DIR / FILE.json) and prints a markdown table last.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import gc
 import json
-import platform
-import statistics
+import os
+import sys
 import time
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules, also under runpy
 
-from illada_rt import Engine, ModelConfig, build_info, reference
-from illada_rt.device import resolve_device
-from illada_rt.loader import PREFIX, expected_shapes, load_state_dict
-from illada_rt.model import LLaDAModel
+import torch  # noqa: E402
 
-SYNTHETIC = {
-    "small": dict(model_type="llada", d_model=256, n_heads=4, n_kv_heads=2, n_layers=4, mlp_hidden_size=704,
-                  vocab_size=4096, embedding_size=4096, rope_theta=10000.0, rms_norm_eps=1e-5, weight_tying=True,
-                  mask_token_id=3, eos_token_id=1, pad_token_id=0, max_sequence_length=2048),
-    # the shape of LLaDA-8B (random weights): 32 layers, d 4096, 32 heads of 128, FFN 12288, vocab 126464
-    "llada-8b": dict(model_type="llada", d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
-                     vocab_size=126464, embedding_size=126464, rope_theta=500000.0, rms_norm_eps=1e-5,
-                     weight_tying=False, mask_token_id=126336, eos_token_id=126081, pad_token_id=126081,
-                     max_sequence_length=4096),
-}
+from illada_rt import reference  # noqa: E402
+from illada_rt.device import resolve_device  # noqa: E402
+from illada_rt.engine import DTYPES  # noqa: E402
 
+import measure  # noqa: E402
+import results  # noqa: E402
+import roofline  # noqa: E402
+import synthetic  # noqa: E402
+from device_info import device_info, nvml_snapshot  # noqa: E402
 
-def synthetic_weights(cfg: ModelConfig, dtype, device=torch.device("cpu")) -> dict:
-    """Random weights for cfg, drawn on `device` (norms ~1, linears ~1/sqrt(fan_in))."""
-    g = torch.Generator(device=device).manual_seed(0)
-    out = {}
-    for name, shape in expected_shapes(cfg).items():
-        scale = 1.0 if len(shape) == 1 else shape[-1] ** -0.5
-        t = torch.randn(shape, generator=g, device=device) * (0.1 if len(shape) == 1 else scale)
-        out[name] = (t + 1.0 if len(shape) == 1 else t).to(dtype)
-    out[PREFIX + "wte.weight"] *= 4.0
-    return out
+MATRIX = dict(prompt_len="256,512", gen_length="256,512", batch="1,8,32", schedules="steps,threshold",
+              modes="exact,prefix,dual")
 
 
-def step_flops(cfg: ModelConfig, batch: int, length: int, block: int) -> float:
-    """Dense FLOPs of one exact-mode forward over a [batch, length] canvas whose last layer
-    (attention queries, FFN) and LM head run on the block's rows only."""
-    d, f, kv = cfg.d_model, cfg.mlp_hidden_size, cfg.n_kv_heads * cfg.head_dim
-    proj = 2 * d * (d + 2 * kv)          # q, k, v per row
-    rest = 2 * d * d + 2 * 3 * d * f     # attention output and the SwiGLU FFN per row
-    attn = 4 * length * d                # QK^T and PV per query row
-    full = cfg.n_layers * length * (proj + rest + attn)
-    last_saved = length - block           # the last layer skips these rows' queries, output and FFN
-    return batch * (full - last_saved * (rest + attn) + block * 2 * d * cfg.embedding_size)
+def ints(text: str):
+    return [int(x) for x in str(text).split(",") if x]
 
 
-def time_runs(fn, repeats: int, device: torch.device):
-    """(median seconds, forwards) of fn() over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            nfe = fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            start = time.perf_counter()
-            nfe = fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), nfe
-
-
-def device_info(device: torch.device) -> dict:
-    if device.type != "cuda":
-        return dict(device="cpu", cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    props = torch.cuda.get_device_properties(device)
-    return dict(device="cuda", gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                cuda_capability=f"{props.major}.{props.minor}", torch_cuda=torch.version.cuda,
-                extension=build_info())
-
-
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="checkpoint directory (default: a synthetic model, see --synthetic)")
-    ap.add_argument("--synthetic", default="small", choices=sorted(SYNTHETIC), help="synthetic model shape")
-    ap.add_argument("--n-layers", type=int, default=None, help="override the synthetic model's layer count")
+    ap.add_argument("--model", help="checkpoint directory (default: synthetic models, see --synthetic)")
+    ap.add_argument("--synthetic", default="small", help=f"comma list of {sorted(synthetic.SYNTHETIC)}")
+    ap.add_argument("--n-layers", type=int, default=0, help="shrink the synthetic models to this many layers")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--gen-length", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--prompt-len", default="64", help="comma list, paired with --gen-length (one value repeats)")
+    ap.add_argument("--gen-length", default="64", help="comma list of answer lengths")
+    ap.add_argument("--batch", default="1", help="comma list of batch sizes")
     ap.add_argument("--block-length", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None, help="default: gen_length (one token per step)")
-    ap.add_argument("--threshold", type=float, default=None)
-    ap.add_argument("--cache", default=None, choices=["prefix", "dual"])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: run the steps eagerly (no graph replay)")
-    ap.add_argument("--out", help="write the results as JSON here")
-    args = ap.parse_args()
-    dtype = getattr(torch, args.dtype)
-    device = resolve_device(args.device)
-    steps = args.steps or args.gen_length
+    ap.add_argument("--steps", type=int, default=0, help="denoising steps (default: gen length, one token a step)")
+    ap.add_argument("--schedules", default="steps", help="comma list: steps (top-k schedule), threshold")
+    ap.add_argument("--threshold", type=float, default=0.9, help="the threshold schedule's confidence threshold")
+    ap.add_argument("--modes", default="exact", help="comma list of engine modes: exact, prefix, dual (KV caches)")
+    ap.add_argument("--paths", default="engine,reference", help="comma list: engine, reference")
+    ap.add_argument("--quant", default="none",
+                    help="comma list of weight formats: none, int8, int4, fp8 (quantized at load where the "
+                         "package supports it; the reference runs on the dense weights only)")
+    ap.add_argument("--matrix", action="store_true", help="the full matrix: " + ", ".join(f"{k} {v}" for k, v in
+                                                                                       MATRIX.items()))
+    ap.add_argument("--repeats", type=int, default=3, help="timed whole generations after one warm-up generation")
+    ap.add_argument("--max-steps", type=int, default=0,
+                    help="engine, exact mode, steps schedule: run about this many steps (whole blocks, >= 1 a "
+                         "block) instead of the schedule's, and scale (0: the full schedule)")
+    ap.add_argument("--ref-max-steps", type=int, default=-1,
+                    help="the same for the reference (default: 1 step a block on CUDA, the full schedule on CPU)")
+    ap.add_argument("--ref-repeats", type=int, default=-1, help="the reference's --repeats (default: 1 on CUDA)")
+    ap.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra keyword for the Engine (e.g. use_cuda_graphs=0 where the Engine has it); repeatable")
+    ap.add_argument("--time-budget", type=float, default=0, help="seconds; later configurations are skipped")
+    ap.add_argument("--matmul-size", type=int, default=0, help="peak-FLOP matmul size (default 8192 CUDA, 1024 CPU)")
+    ap.add_argument("--copy-mib", type=int, default=0, help="bandwidth copy size (default 2048 CUDA, 256 CPU)")
+    ap.add_argument("--out", help="results folder or .json file (default bench/results/)")
+    ap.add_argument("--suffix", default="", help="appended to the result file name")
+    args = ap.parse_args(argv)
+    if args.matrix:
+        for key, value in MATRIX.items():
+            setattr(args, key, value)
+    choices = dict(schedules=("steps", "threshold"), modes=("exact", "prefix", "dual"),
+                   paths=("engine", "reference"), quant=("none", "int8", "int4", "fp8"),
+                   synthetic=tuple(synthetic.SYNTHETIC))
+    for key, allowed in choices.items():
+        bad = [x for x in getattr(args, key).split(",") if x not in allowed]
+        if bad:
+            ap.error(f"--{key}: {', '.join(bad)} not among {', '.join(allowed)}")
+    prompts, gens = ints(args.prompt_len), ints(args.gen_length)
+    if len(prompts) == 1 or len(gens) == 1:
+        prompts, gens = prompts * max(1, len(gens) // len(prompts)), gens * max(1, len(prompts) // len(gens))
+    if len(prompts) != len(gens):
+        ap.error("--prompt-len and --gen-length need the same number of values (or one of them a single value)")
+    args.lengths = list(zip(prompts, gens))
+    args.engine_kwargs = {}
+    for item in args.engine_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--engine-option {item!r}: expected KEY=VALUE")
+        try:
+            args.engine_kwargs[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            args.engine_kwargs[key] = value
+    return args
 
-    state = None
-    if args.model:
-        eng = Engine.from_pretrained(args.model, device=str(device), dtype=args.dtype,
-                                     use_cuda_graphs=not args.no_cuda_graphs)
-        if device.type == "cpu":
-            state = load_state_dict(args.model, eng.cfg, dtype)
+
+def run_engine(eng, ids, kw, mode):
+    """One generation; returns its forward count."""
+    return eng.generate(ids, seed=0, cache=None if mode == "exact" else mode, **kw).nfe
+
+
+def run_reference(ref, ids, kw):
+    """reference.generate on the weights' device (ids there: the tensors it creates land there too)."""
+    with torch.device(ids.device):
+        return reference.generate(ref, ids, mask_id=ref.cfg.mask_token_id, seed=0, **kw)[1]
+
+
+def timed_steps(row, cap: int) -> int:
+    """Steps to run: the schedule's, or, for the exact mode's top-k schedule with 0 < cap < steps,
+    the fewest whole blocks' worth >= 1 step a block (each exact forward costs the same however many
+    tokens it unmasks, so ms/step carries over to the one-token-per-step schedule)."""
+    steps, blocks = row["steps"], row["gen_length"] // row["block_length"]
+    if row["schedule"] != "steps" or row["mode"] != "exact" or cap <= 0 or cap >= steps:
+        return steps
+    return blocks * max(1, cap // blocks)
+
+
+def measure_row(row, eng, ref, ids, args, limits, deadline) -> dict:
+    device, cfg = eng.device, eng.cfg
+    B, P, G, b = row["batch"], row["prompt_len"], row["gen_length"], row["block_length"]
+    if row["path"] == "engine":
+        cap, repeats = args.max_steps, args.repeats
+        run = lambda kw: run_engine(eng, ids, kw, row["mode"])  # noqa: E731
     else:
-        raw = dict(SYNTHETIC[args.synthetic])
-        if args.n_layers:
-            raw["n_layers"] = args.n_layers
-        cfg = ModelConfig.from_dict(raw)
-        weights = synthetic_weights(cfg, dtype, device)
-        eng = Engine(LLaDAModel.from_weights(cfg, weights.items()), use_cuda_graphs=not args.no_cuda_graphs)
-        state = weights if device.type == "cpu" else None
-        del weights
-    cfg = eng.cfg
-    ids = torch.randint(0, cfg.mask_token_id, (args.batch, args.prompt_len))
-    kw = dict(gen_length=args.gen_length, block_length=args.block_length, steps=steps, threshold=args.threshold)
+        cuda = measure.is_cuda(device)
+        cap = (1 if cuda else 0) if args.ref_max_steps < 0 else args.ref_max_steps
+        repeats = (1 if cuda else args.repeats) if args.ref_repeats < 0 else args.ref_repeats
+        ids = ids.to(device)
+        run = lambda kw: run_reference(ref, ids, kw)  # noqa: E731
+    steps = timed_steps(row, cap)
+    kw = dict(gen_length=G, block_length=b, steps=steps, threshold=row["threshold"])
+    seconds, nfe = measure.time_runs(lambda: run(kw), device, repeats, deadline)
+    ms = 1e3 * seconds / nfe
+    row.update(timed_steps=steps, nfe=nfe, seconds_per_run=seconds, ms_per_step=ms,
+               timing=f"median of {repeats} runs" + ("" if steps == row["steps"] else f" of {steps} steps"))
+    # one token a step, timed on fewer steps: the full schedule's time is steps x ms/step
+    row["tokens_per_s"] = B * G / (seconds if steps == row["steps"] else row["steps"] * ms / 1e3)
+    quant = None if row["quant"] == "none" else row["quant"]
+    cost = roofline.step_cost(cfg, B, P, G, b, "reference" if row["path"] == "reference" else row["mode"],
+                              nfe / (G // b), eng.model.dtype.itemsize, quant)
+    row.update(measure.roofline_row(cost, ms / 1e3, limits))
+    row["pct_flops"], row["pct_bytes"] = 100 * row["roofline_flops"], 100 * row["roofline_bytes"]
+    return row
 
-    graphs = eng._graphs is not None and args.cache is None  # generate() replays CUDA graphs
-    name = "illada_rt (graphs)" if graphs else "illada_rt"
-    paths = [(name, lambda: eng.generate(ids, seed=0, cache=args.cache, **kw).nfe)]
-    if state is not None and args.cache is None:  # the reference generator runs on the CPU only
-        ref = reference.ReferenceModel(cfg, state)
-        paths.append(("reference", lambda: reference.generate(ref, ids, mask_id=cfg.mask_token_id, seed=0, **kw)[1]))
-    flops = step_flops(cfg, args.batch, args.prompt_len + args.gen_length, args.block_length)
-    rows = []
-    for path, fn in paths:
-        if device.type == "cuda":
+
+def configurations(args, with_reference: bool = True):
+    """(schedule, batch, (prompt, gen), mode, path) in run order: cheapest first, so that a time budget
+    cuts the largest batches. The reference runs the exact mode only (its full-sequence generation),
+    and not at all on quantized weights (with_reference False)."""
+    for schedule in args.schedules.split(","):
+        for B in ints(args.batch):
+            for lengths in args.lengths:
+                for mode in args.modes.split(","):
+                    for path in [p for p in args.paths.split(",") if p]:
+                        if path == "engine" or (mode == "exact" and with_reference):
+                            yield schedule, B, lengths, mode, path
+
+
+def run_model(model_name, quant, args, device, limits, deadline, out_rows, save):
+    dtype = DTYPES[args.dtype]
+    quant = None if quant == "none" else quant
+    try:
+        eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device,
+                                          args.engine_kwargs, quant)
+    except torch.cuda.OutOfMemoryError:
+        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status="oom (weights)"))
+        return save()
+    except (TypeError, ValueError) as e:  # an option or format this illada_rt does not take
+        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status=f"error: {e}"))
+        print(f"bench_generate: {model_name or args.model} {quant or ''}: {e}", flush=True)
+        return save()
+    cfg = eng.cfg
+    weights_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
+    for schedule, B, (P, G), mode, path in configurations(args, ref is not None):
+        ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
+        ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # on the CPU, as callers pass
+        row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, lengths=f"{P}+{G}",
+                   prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
+                   schedule=schedule, mode=mode, quant=quant or "none", path=path,
+                   threshold=args.threshold if schedule == "threshold" else None, status="ok")
+        out_rows.append(row)
+        if measure.is_cuda(device):
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        seconds, nfe = time_runs(fn, args.repeats, device)
-        row = dict(path=path, seconds=seconds, nfe=nfe, ms_per_step=1e3 * seconds / nfe,
-                   tokens_per_s=args.batch * args.gen_length / seconds)
-        if args.cache is None:
-            row["tflop_per_s"] = flops * nfe / seconds / 1e12
-        if device.type == "cuda":
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        rows.append(row)
-    result = dict(date=datetime.date.today().isoformat(), **device_info(device), torch=torch.__version__,
-                  dtype=args.dtype, model=args.model or f"synthetic {args.synthetic}", n_layers=cfg.n_layers,
-                  parameters=cfg.num_parameters, batch=args.batch, prompt_len=args.prompt_len, cache=args.cache,
-                  **kw, rows=rows)
-    print("| path | device | ms/step | tokens/s | steps | TFLOP/s | peak GiB |\n|---|---|---|---|---|---|---|")
+        try:
+            measure_row(row, eng, ref, ids, args, limits, deadline)
+        except measure.OutOfTime:
+            row["status"] = "skipped (time budget)"
+        except torch.cuda.OutOfMemoryError:
+            row["status"] = "oom"
+        except (RuntimeError, ValueError) as e:
+            row["status"] = "error: " + str(e).splitlines()[0][:200]
+        if measure.is_cuda(device):
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            row["gpu_now"] = nvml_snapshot(device.index or 0)
+            gc.collect()
+            torch.cuda.empty_cache()
+        print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} "
+              f"{path}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
+        save()
+    del eng, ref
+    gc.collect()
+    if measure.is_cuda(device):
+        torch.cuda.empty_cache()
+
+
+def add_speedups(rows):
+    """speedup = engine tokens/s over the reference's on the same model, lengths, batch and schedule
+    (quantized rows too: the reference runs on the dense weights)."""
+    key = lambda r: (r.get("model"), r.get("lengths"), r.get("batch"), r.get("schedule"))  # noqa: E731
+    base = {key(r): r["tokens_per_s"] for r in rows if r.get("path") == "reference" and "tokens_per_s" in r}
     for r in rows:
-        tflops, peak = (f"{r[k]:.2f}" if k in r else "-" for k in ("tflop_per_s", "peak_memory_gib"))
-        print(f"| {r['path']} | {device} | {r['ms_per_step']:.2f} | {r['tokens_per_s']:.1f} | {r['nfe']} | "
-              f"{tflops} | {peak} |")
-    where = (f"{result['threads']} threads" if device.type == "cpu" else result["gpu"])
-    setting = (f"batch {args.batch}, prompt {args.prompt_len}, answer {args.gen_length}, block {args.block_length}, "
-               f"{args.dtype}, {cfg.num_parameters / 1e6:.1f}M parameters, {where}")
-    if len(rows) == 2:
-        result["speedup"] = rows[1]["seconds"] / rows[0]["seconds"]
-        print(f"speed-up over the reference path: {result['speedup']:.2f}x ({setting})")
-    else:
-        print(f"({setting})")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        if r.get("path") == "engine" and "tokens_per_s" in r and key(r) in base:
+            r["speedup"] = r["tokens_per_s"] / base[key(r)]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    started = time.monotonic()
+    deadline = started + args.time_budget if args.time_budget > 0 else float("inf")
+    info = device_info(device)
+    limits = measure.hardware_limits(device, args.matmul_size, args.copy_mib)
+    print(f"limits: {limits['matmul']['tflop_per_s']:.2f} TFLOP/s ({limits['matmul']['dtype']} matmul "
+          f"{limits['matmul']['size']}^3), {limits['copy']['gb_per_s']:.1f} GB/s (copy of "
+          f"{limits['copy']['mib']} MiB)", flush=True)
+    path = results.result_path(args.out, info, args.suffix)
+    rows = []
+    settings = {k: v for k, v in vars(args).items() if k not in ("lengths", "engine_option")}
+    result = dict(kind="bench_generate", **info, dtype=args.dtype, settings=settings, limits=limits, rows=rows)
+    save = lambda: results.write_json(path, result)  # noqa: E731
+    for name in ([None] if args.model else args.synthetic.split(",")):
+        for quant in args.quant.split(","):
+            run_model(name, quant, args, device, limits, deadline, rows, save)
+    add_speedups(rows)
+    result["seconds"] = time.monotonic() - started
+    save()
+    where = info.get("gpu") or f"{info['cpu']}, {info['torch_threads']} threads"
+    print(f"\nresults: {path}")
+    for r in rows:
+        if "speedup" in r:
+            print(f"speed-up over the reference path: {r['speedup']:.2f}x ({r['model']}, P+G {r['lengths']}, "
+                  f"batch {r['batch']}, {r['schedule']}, {r['mode']})")
+    print(f"\n{where}, {args.dtype}, block {args.block_length}, {info['date']}\n")
+    print(results.markdown_table(rows, results.GENERATE_COLUMNS))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,22 @@
 #   bash bench/gpu_check.sh [OUT_DIR]      # default: $OUT, else ./gpu_check_out
 #
 # 1. environment: nvidia-smi, python, torch, nvcc, cmake, ninja, pybind11 (and wheels from .whl/ when
-#    something is missing: `pip install --no-index .whl/*.whl`; the machine may have no internet)
+#    something is missing: `pip install --no-index .whl/*.whl`; the machine may have no internet);
+#    nvidia-ml-py from .whl/ when pynvml is missing (optional: clocks and power in the results)
 # 2. build: pip install --no-build-isolation --no-deps -e .   (ILLADA_CUDA_ARCHS=90a, MAX_JOBS=16)
-# 3. tests: pytest -q -x -k cuda, then the rest of the suite (-k "not cuda")
-# 4. bench: bench/bench_generate.py --device cuda on the LLaDA-8B shape (random weights, bfloat16)
-# 5. summary: one table, also in OUT_DIR/summary.md
+# 3. CUDA tests: pytest python_tests/test_cuda_*.py
+# 4. bench: bench_kernels.py, then bench_generate.py on the iLLaDA-8B and LLaDA-8B shapes (random
+#    weights, bfloat16; a subset of the matrix sized to the budget; iLLaDA-8B quantized to int8, int4
+#    and fp8 where the package quantizes at load), then bench_quant_matmul.py and
+#    load_test.py when they exist
+# 5. the rest of the suite (-k "not cuda"), last: the CPU CI runs it too
+# 6. summary: one table, also in OUT_DIR/summary.md
 #
-# Logs go to OUT_DIR (flat, at most 8 files). Every phase has a time cap and the whole script a
-# budget (GPU_CHECK_BUDGET_S, default 560 s), so it ends within 10 minutes; a phase without time
-# left is reported as skipped. Exit status: 0 when every phase passed, 1 otherwise.
+# OUT_DIR gets at most 8 flat files: summary.md, env.log, build.log, test_cuda.log, test_rest.log,
+# bench.log and results.json (every result JSON of the run, packed; unpack with
+# `python bench/results.py unpack OUT_DIR/results.json`). Every phase has a time cap and the whole
+# script a budget (GPU_CHECK_BUDGET_S, default 560 s), so it ends within 10 minutes; a phase without
+# time left is reported as skipped. Exit status: 0 when every phase passed, 1 otherwise.
 set -u -o pipefail
 
 OUT_DIR="${1:-${OUT:-./gpu_check_out}}"
@@ -51,6 +58,8 @@ run_phase() {
 ENV_LOG="$OUT_DIR/env.log"
 {
   echo "### gpu_check $(date -u +%FT%TZ) in $(pwd), output $OUT_DIR, budget ${BUDGET_S}s"
+  echo "### phase caps (each also capped by the budget left): build 300 s, CUDA tests 170, bench_kernels 90,"
+  echo "### bench_generate 110 + 70 + 80 + 80, bench_quant_matmul / load_test 60 each, rest of the suite 170"
   echo "### git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
   nvidia-smi || echo "nvidia-smi: not available"
   echo "### python: $PY ($("$PY" --version 2>&1))"
@@ -80,6 +89,13 @@ if [ -n "$MISSING" ]; then
   hash -r
   MISSING="$(missing_tools)"
 fi
+if ! "$PY" -c "import pynvml" 2>/dev/null; then
+  if compgen -G ".whl/nvidia_ml_py*.whl" >/dev/null; then
+    "$PY" -m pip install --no-index --no-deps .whl/nvidia_ml_py*.whl 2>&1 | tail -1 | tee -a "$ENV_LOG"
+  else
+    echo "### pynvml missing (optional): results record GPU clocks and power as unavailable" | tee -a "$ENV_LOG"
+  fi
+fi
 if [ -n "$MISSING" ]; then
   echo "### FATAL: still missing: $MISSING. Carry wheels for them in .whl/ (see bench/README.md)." | tee -a "$ENV_LOG"
   SUMMARY+=("environment|FAILED (missing: $MISSING)|$SECONDS|env.log"); FAILED=1
@@ -105,36 +121,54 @@ assert count > 0, 'the extension CUDA runtime sees no device: ' + why
   fi
 fi
 
-# ------------------------------------------------------------------ 3. tests
-XDIST=()
-"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+# ------------------------------------------------------------------ 3. CUDA tests
 if [ "$BUILT" -eq 1 ]; then
-  run_phase "pytest -k cuda" 170 test_cuda.log "$PY" -m pytest python_tests -q -x -k cuda -rPs -p no:cacheprovider
-  run_phase "pytest (rest of the suite)" 150 test_rest.log \
-    "$PY" -m pytest python_tests -q -k "not cuda" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+  run_phase "pytest test_cuda_*.py" 170 test_cuda.log \
+    "$PY" -m pytest python_tests/test_cuda_*.py -q -x -rPs -p no:cacheprovider
 else
-  SUMMARY+=("tests|SKIPPED (no CUDA build)|0|-")
+  SUMMARY+=("CUDA tests|SKIPPED (no CUDA build)|0|-")
 fi
 
 # ------------------------------------------------------------------ 4. bench
-BENCH_TMP="$(mktemp -d)"
+RESULTS_TMP="$(mktemp -d)"
 if [ "$BUILT" -eq 1 ]; then
-  BENCH=("$PY" bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic llada-8b --repeats 3)
-  run_phase "bench b1 p256 g256 exact" 110 bench.log "${BENCH[@]}" --batch 1 --prompt-len 256 --gen-length 256 \
-    --block-length 32 --out "$BENCH_TMP/1.json"
-  run_phase "bench b1 p256 g256 dual cache" 90 bench.log "${BENCH[@]}" --batch 1 --prompt-len 256 --gen-length 256 \
-    --block-length 32 --cache dual --out "$BENCH_TMP/2.json"
-  run_phase "bench b8 p128 g128 exact" 110 bench.log "${BENCH[@]}" --batch 8 --prompt-len 128 --gen-length 128 \
-    --block-length 32 --out "$BENCH_TMP/3.json"
-  "$PY" - "$BENCH_TMP" "$OUT_DIR/bench.json" <<'EOF'
-import glob, json, sys
-runs = [json.load(open(p)) for p in sorted(glob.glob(sys.argv[1] + "/*.json"))]
-json.dump(runs, open(sys.argv[2], "w"), indent=2)
-EOF
+  echo "### bench: $(left)s of the budget left" | tee -a "$OUT_DIR/bench.log"
+  run_phase "bench_kernels" 90 bench.log "$PY" bench/bench_kernels.py --device cuda --out "$RESULTS_TMP"
+  # bench_generate: whole generations timed with CUDA events (1 warm-up + --repeats); the exact
+  # mode's one-token-a-step schedule is timed on 1 step a block (--max-steps 8) and scaled; the
+  # reference on 1 step a block, 1 timed run. --time-budget stops starting runs; the cap kills.
+  GEN=("$PY" bench/bench_generate.py --device cuda --dtype bfloat16 --block-length 32 --out "$RESULTS_TMP")
+  run_phase "bench_generate iLLaDA-8B exact" 110 bench.log "${GEN[@]}" --synthetic illada-8b --suffix exact \
+    --prompt-len 256,512 --gen-length 256,512 --batch 1,8,32 --max-steps 8 --repeats 2 --time-budget 85
+  run_phase "bench_generate iLLaDA-8B threshold, caches" 70 bench.log "${GEN[@]}" --synthetic illada-8b \
+    --suffix modes --prompt-len 256 --gen-length 256 --batch 1 --schedules steps,threshold \
+    --modes exact,prefix,dual --paths engine --repeats 1 --time-budget 50
+  run_phase "bench_generate LLaDA-8B exact" 80 bench.log "${GEN[@]}" --synthetic llada-8b --suffix exact \
+    --prompt-len 256,512 --gen-length 256,512 --batch 1,8 --max-steps 8 --repeats 2 --time-budget 55
+  run_phase "bench_generate iLLaDA-8B quantized" 80 bench.log "${GEN[@]}" --synthetic illada-8b --suffix quant \
+    --quant int8,int4,fp8 --paths engine --prompt-len 256 --gen-length 256 --batch 1,8 --max-steps 8 \
+    --repeats 2 --time-budget 55
+  for extra in bench_quant_matmul load_test; do  # written beside this suite; run with their defaults
+    [ -f "bench/$extra.py" ] || continue
+    OUT_ARG=(); grep -q -- '"--out"' "bench/$extra.py" && OUT_ARG=(--out "$RESULTS_TMP/$extra.json")
+    run_phase "$extra" 60 bench.log "$PY" "bench/$extra.py" ${OUT_ARG[@]+"${OUT_ARG[@]}"}
+  done
+  compgen -G "$RESULTS_TMP/*.json" >/dev/null && \
+    "$PY" bench/results.py pack "$OUT_DIR/results.json" "$RESULTS_TMP"/*.json
 else
   SUMMARY+=("bench|SKIPPED (no CUDA build)|0|-")
 fi
-rm -rf "$BENCH_TMP"
+rm -rf "$RESULTS_TMP"
+
+# ------------------------------------------------------------------ 5. the rest of the suite
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+if [ "$BUILT" -eq 1 ]; then
+  run_phase "pytest (rest of the suite)" 170 test_rest.log \
+    "$PY" -m pytest python_tests -q -k "not cuda" -p no:cacheprovider ${XDIST[@]+"${XDIST[@]}"}
+else
+  SUMMARY+=("rest of the suite|SKIPPED (no CUDA build)|0|-")
+fi
 
 # ------------------------------------------------------------------ 5. summary
 {
@@ -145,13 +179,13 @@ rm -rf "$BENCH_TMP"
   echo "|---|---|---|---|"
   for row in "${SUMMARY[@]}"; do IFS='|' read -r a b c d <<<"$row"; echo "| $a | $b | $c | $d |"; done
   if [ -f "$OUT_DIR/test_cuda.log" ]; then
-    echo; echo "tests (-k cuda): $(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/test_cuda.log" | tail -1)"
+    echo; echo "tests (test_cuda_*.py): $(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/test_cuda.log" | tail -1)"
     grep -h "bf16 vs float32" "$OUT_DIR/test_cuda.log" | sed 's/^/  /'
   fi
   [ -f "$OUT_DIR/test_rest.log" ] && echo "tests (rest): $(grep -E '[0-9]+ (passed|failed)' "$OUT_DIR/test_rest.log" | tail -1)"
-  if [ -f "$OUT_DIR/bench.log" ]; then
-    echo; echo "bench (LLaDA-8B shape, random weights, bfloat16):"
-    grep -E '^\| illada_rt|^\(batch' "$OUT_DIR/bench.log" | sed 's/^/  /'
+  if [ -f "$OUT_DIR/bench.log" ]; then  # the markdown tables the benchmarks print last
+    echo; echo "bench (random weights of the real shapes, bfloat16; all rows in results.json):"
+    grep -E '^\|' "$OUT_DIR/bench.log"
   fi
   echo; [ "$FAILED" -eq 0 ] && echo "RESULT: all phases passed" || echo "RESULT: some phases FAILED or were skipped"
 } | tee "$OUT_DIR/summary.md"
