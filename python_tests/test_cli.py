@@ -86,8 +86,9 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "no tokenizer.json" in r.stderr
 
 
-def test_bench_runs_on_a_small_synthetic_model():
-    r = run("bench", "--repeats", "1", "--prompt-len", "8", "--gen-length", "8", "--block-length", "8")
+def test_bench_runs_on_a_small_synthetic_model(tmp_path):
+    r = run("bench", "--repeats", "1", "--prompt-len", "8", "--gen-length", "8", "--block-length", "8",
+            "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "speed-up over the reference path" in r.stdout
 
