@@ -49,5 +49,6 @@ void register_norm(pybind11::module_& m);
 void register_elementwise(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
 void register_remask(pybind11::module_& m);
+void register_quant(pybind11::module_& m);
 
 }  // namespace illada
