@@ -345,6 +345,14 @@ def cast_to_fp8(x: torch.Tensor) -> torch.Tensor:
     return out.view(x.shape)
 
 
+def _require_fp8_gpu(device: torch.device) -> None:
+    cap = torch.cuda.get_device_capability(device)
+    if cap < _FP8_MIN_CAPABILITY:
+        raise RuntimeError(f"fp8 weights need a GPU of compute capability >= 8.9 for fp8 matmuls; "
+                           f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}. "
+                           "Use the int8 or int4 format on this GPU.")
+
+
 def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                out_dtype: torch.dtype) -> torch.Tensor:
     """y [M, N] = (xq [M, K] @ qweight [N, K].T) * a_scale[:, None] * scale[None, :], in out_dtype.
@@ -363,11 +371,7 @@ def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, s
                          f"qweight {tuple(qweight.shape)}, scale {tuple(scale.shape)}")
     _check_same_device(xq, ("a_scale", a_scale), ("qweight", qweight), ("scale", scale))
     if xq.is_cuda:
-        cap = torch.cuda.get_device_capability(xq.device)
-        if cap < _FP8_MIN_CAPABILITY:
-            raise RuntimeError(f"fp8 weights need a GPU of compute capability >= 8.9 for fp8 matmuls; "
-                               f"{torch.cuda.get_device_name(xq.device)} is {cap[0]}.{cap[1]}. "
-                               "Use the int8 or int4 format on this GPU.")
+        _require_fp8_gpu(xq.device)
         if k % 16 == 0 and n % 16 == 0 and m > 0:
             y = torch._scaled_mm(xq.contiguous(), qweight.contiguous().t(), scale_a=a_scale.view(m, 1).contiguous(),
                                  scale_b=scale.view(1, n).contiguous(), out_dtype=torch.bfloat16)
@@ -385,6 +389,8 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> t
     if scale.shape[0] != n:
         raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{n}]")
     _check_same_device(x, ("qweight", qweight), ("scale", scale))
+    if x.is_cuda:
+        _require_fp8_gpu(x.device)                       # before any work
     lead = x.shape[:-1]
     xq, a_scale = quantize_fp8_per_token(x.reshape(-1, k))
     return fp8_matmul(xq, a_scale, qweight, scale, x.dtype).view(*lead, n)
