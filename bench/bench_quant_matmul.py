@@ -110,7 +110,7 @@ def run(args) -> dict:
 
 def print_rows(result: dict) -> None:
     print(f"# {result['device']}, torch {result['torch']}, int4 group {result['group_size']}")
-    print(f"{'format':>9} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} {'vs bf16':>8}")
+    print(f"{'format':>9} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} {'vs dense':>8}")
     for r in result["rows"]:
         if "skipped" in r:
             print(f"{r['format']:>9} {r['n']:>6} {r['k']:>6} {r['m']:>6}  skipped: {r['skipped']}")

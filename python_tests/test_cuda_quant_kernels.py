@@ -32,15 +32,19 @@ def fp8_capable():
     return torch.cuda.get_device_capability() >= (8, 9)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cuda_dequantize_matches_formats(fmt, dtype):
-    qw = quantized(fmt, 19, 384, seed=1, group_size=32)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("fmt,n,k,group_size", [("int8", 19, 384, 0), ("int8", 7, 100, 0), ("int4", 19, 384, 32),
+                                                ("int4", 5, 12, 2), ("int4", 33, 96, 96)])
+@pytest.mark.parametrize("padded_out", [False, True])
+def test_cuda_dequantize_matches_formats(dtype, fmt, n, k, group_size, padded_out):
+    """Vectorized (K % 8 == 0, aligned rows) and per-element kernels, into a poisoned out."""
+    qw = quantized(fmt, n, k, seed=n + k, group_size=group_size or 32)
+    out = torch.full((n, k + 1 if padded_out else k), float("nan"), dtype=dtype, device="cuda")[:, :k]
     if fmt == "int8":
-        got = ops.dequantize_int8(qw.qweight, qw.scale, dtype, out=torch.full((19, 384), float("nan"), dtype=dtype,
-                                                                             device="cuda"))
+        got = ops.dequantize_int8(qw.qweight, qw.scale, dtype, out=out)
     else:
-        got = ops.dequantize_int4(qw.qweight, qw.scale, qw.zero, 32, dtype)
+        got = ops.dequantize_int4(qw.qweight, qw.scale, qw.zero, group_size, dtype, out=out)
+    torch.cuda.synchronize()
     torch.testing.assert_close(got, formats.dequantize(qw, dtype), rtol=0, atol=0)
 
 

@@ -261,3 +261,16 @@ def test_bench_quant_matmul_cpu_smoke(tmp_path):
     assert {"int8", "int4", "fp8", "float32"} <= formats_seen
     for r in result["rows"]:
         assert r["ms"] > 0 and r["tflops"] > 0 and r["weight_gbps"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_dequantize_into_strided_out_rows(fmt):
+    qw = quantized(fmt, 9, 64, seed=11)
+    buf = torch.full((9, 70), float("nan"))
+    out = buf[:, 3:67]
+    if fmt == "int8":
+        ops.dequantize_int8(qw.qweight, qw.scale, out=out)
+    else:
+        ops.dequantize_int4(qw.qweight, qw.scale, qw.zero, 32, out=out)
+    torch.testing.assert_close(out, formats.dequantize(qw), rtol=0, atol=0)
+    assert buf[:, :3].isnan().all() and buf[:, 67:].isnan().all()
