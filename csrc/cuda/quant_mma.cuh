@@ -5,7 +5,8 @@
 // tokens), so y^T tiles [16 rows x 8 tokens] accumulate in float32 (mma.sync m16n8k16).
 // A block owns kBlockRows = 32 weight rows and up to 8*NT tokens; its kWarps warps split K,
 // warp w taking the 64*CH-wide k slices w, w + kWarps, ... (adjacent warps read adjacent
-// bytes of a row), and the warps' partial sums meet in shared memory at the end.
+// bytes of a row), and the warps' partial sums meet in shared memory at the end. Each warp
+// keeps the next slice's weight loads in flight while it multiplies the current one.
 //
 // Fragment layout (PTX ISA, mma.m16n8k16 with 16-bit A/B; g = lane / 4, t = lane % 4):
 //   A regs a0..a3 (two halves each):  a0 = (row g,   cols 2t, 2t+1)   a1 = (row g+8, cols 2t, 2t+1)
@@ -87,13 +88,43 @@ __device__ __forceinline__ uint32_t weight_pair(const uint4& raw, int p, float s
   return pack2((float(byte & 15u) - z) * s, (float(byte >> 4) - z) * s, static_cast<T*>(nullptr));
 }
 
+// A thread's weights for one slice: rows row0 + 16*rt + g + 8*h (h = 0, 1), 16 bytes each from
+// k = base, and (int4) the group's scale and zero point; rows past N read as zeros.
+template <int RT>
+struct WeightRegs {
+  uint4 raw[RT][2];
+  float scale[RT][2], zero[RT][2];
+};
+
+template <int BITS, int RT>
+__device__ __forceinline__ void load_weights(const PackedWeight& w, int64_t row0, int g, int64_t base,
+                                             WeightRegs<RT>& r) {
+  const uint8_t* q = static_cast<const uint8_t*>(w.qweight);
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = row0 + 16 * rt + g + 8 * h;
+      r.raw[rt][h] = make_uint4(0, 0, 0, 0);
+      r.scale[rt][h] = 0.0f;
+      r.zero[rt][h] = 0.0f;
+      if (n < w.n) {
+        r.raw[rt][h] = __ldg(reinterpret_cast<const uint4*>(q + n * w.q_stride + base * BITS / 8));
+        if (BITS == 4) {
+          const int64_t gi = n * w.scale_stride + base / w.group_size;
+          r.scale[rt][h] = __ldg(w.scale + gi);
+          r.zero[rt][h] = w.zero ? __ldg(w.zero + gi) : 8.0f;
+        }
+      }
+    }
+}
+
 template <class T, int BITS, int NT>
 __global__ void __launch_bounds__(kThreads) quant_matmul_kernel(QuantMatmulParams p) {
   using S = Slice<BITS>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t row0 = int64_t(blockIdx.x) * kBlockRows, tok0 = int64_t(blockIdx.y) * (8 * NT);
   const PackedWeight& w = p.w;
-  const uint8_t* qbase = static_cast<const uint8_t*>(w.qweight);
   const T* xbase = static_cast<const T*>(p.x);
 
   float acc[kRowTiles][NT][4];
@@ -104,29 +135,18 @@ __global__ void __launch_bounds__(kThreads) quant_matmul_kernel(QuantMatmulParam
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[rt][j][i] = 0.0f;
 
+  // The next slice's weights load while this slice's mma run (double-buffered registers).
   const int64_t slices = w.k / S::kWidth;
+  const int64_t quad_k = t * S::kPerThread;  // the thread's first k within a slice
+  WeightRegs<kRowTiles> cur, next;
+  if (warp < slices) load_weights<BITS>(w, row0, g, int64_t(warp) * S::kWidth + quad_k, cur);
   for (int64_t slice = warp; slice < slices; slice += kWarps) {
-    const int64_t base = slice * S::kWidth + t * S::kPerThread;  // the thread's first k
-    // Weights: rows row0 + 16*rt + g + 8*h (h = 0, 1), 16 bytes each; rows past N read as zeros.
-    uint4 raw[kRowTiles][2];
-    float sc[kRowTiles][2], zp[kRowTiles][2];
-#pragma unroll
-    for (int rt = 0; rt < kRowTiles; ++rt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t n = row0 + 16 * rt + g + 8 * h;
-        raw[rt][h] = make_uint4(0, 0, 0, 0);
-        sc[rt][h] = 0.0f;
-        zp[rt][h] = 0.0f;
-        if (n < w.n) {
-          raw[rt][h] = __ldg(reinterpret_cast<const uint4*>(qbase + n * w.q_stride + base * BITS / 8));
-          if (BITS == 4) {
-            const int64_t gi = n * w.scale_stride + base / w.group_size;
-            sc[rt][h] = __ldg(w.scale + gi);
-            zp[rt][h] = w.zero ? __ldg(w.zero + gi) : 8.0f;
-          }
-        }
-      }
+    const int64_t base = slice * S::kWidth + quad_k;
+    const bool more = slice + kWarps < slices;
+    if (more) load_weights<BITS>(w, row0, g, base + kWarps * S::kWidth, next);
+    const auto& raw = cur.raw;
+    const auto& sc = cur.scale;
+    const auto& zp = cur.zero;
     // x: token tok0 + 8j + g, k in [base, base + kPerThread); tokens past M read as zeros.
     uint4 xr[NT][2 * S::kCh];
 #pragma unroll
@@ -151,6 +171,7 @@ __global__ void __launch_bounds__(kThreads) quant_matmul_kernel(QuantMatmulParam
                     static_cast<T*>(nullptr));
       }
     }
+    if (more) cur = next;
   }
 
   // Sum the warps' partials: red[warp][row][token] (padded against bank conflicts).
