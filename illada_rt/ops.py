@@ -355,29 +355,35 @@ def _require_fp8_gpu(device: torch.device) -> None:
 
 def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                out_dtype: torch.dtype) -> torch.Tensor:
-    """y [M, N] = (xq [M, K] @ qweight [N, K].T) * a_scale[:, None] * scale[None, :], in out_dtype.
+    """y [..., N] = (xq [..., K] @ qweight [N, K].T) * a_scale[..., None] * scale, in out_dtype.
 
+    xq, a_scale: per-token fp8 activations (quantize_fp8_per_token / rmsnorm_quant_fp8).
     CUDA: torch._scaled_mm with row-wise scales (bfloat16 result, cast to out_dtype), which needs
     compute capability >= 8.9 and K, N multiples of 16 (other shapes use the float32 matmul below).
     CPU: float32 matmul of the fp8 values, then the scales, as formats.reference_linear.
     """
-    _check_tensor(xq, "xq", torch.float8_e4m3fn, 2)
-    _check_tensor(a_scale, "a_scale", torch.float32, 1)
+    _check_tensor(xq, "xq", torch.float8_e4m3fn)
+    _check_tensor(a_scale, "a_scale", torch.float32)
     _check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
     _check_tensor(scale, "scale", torch.float32, 1)
-    (m, k), n = xq.shape, qweight.shape[0]
-    if qweight.shape[1] != k or a_scale.shape[0] != m or scale.shape[0] != n:
+    n, k = qweight.shape
+    if xq.dim() < 1 or xq.shape[-1] != k or a_scale.shape != xq.shape[:-1] or scale.shape[0] != n:
         raise ValueError(f"fp8_matmul: shapes disagree: xq {tuple(xq.shape)}, a_scale {tuple(a_scale.shape)}, "
                          f"qweight {tuple(qweight.shape)}, scale {tuple(scale.shape)}")
+    if out_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     _check_same_device(xq, ("a_scale", a_scale), ("qweight", qweight), ("scale", scale))
+    lead = xq.shape[:-1]
+    xq2, a2 = xq.reshape(-1, k), a_scale.reshape(-1, 1)
+    m = xq2.shape[0]
     if xq.is_cuda:
         _require_fp8_gpu(xq.device)
         if k % 16 == 0 and n % 16 == 0 and m > 0:
-            y = torch._scaled_mm(xq.contiguous(), qweight.contiguous().t(), scale_a=a_scale.view(m, 1).contiguous(),
+            y = torch._scaled_mm(xq2.contiguous(), qweight.contiguous().t(), scale_a=a2.contiguous(),
                                  scale_b=scale.view(1, n).contiguous(), out_dtype=torch.bfloat16)
-            return y.to(out_dtype)
-    y = (xq.float() @ qweight.float().t()) * a_scale[:, None] * scale[None, :]
-    return y.to(out_dtype)
+            return y.to(out_dtype).view(*lead, n)
+    y = (xq2.float() @ qweight.float().t()) * a2 * scale[None, :]
+    return y.to(out_dtype).view(*lead, n)
 
 
 def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -391,6 +397,5 @@ def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> t
     _check_same_device(x, ("qweight", qweight), ("scale", scale))
     if x.is_cuda:
         _require_fp8_gpu(x.device)                       # before any work
-    lead = x.shape[:-1]
-    xq, a_scale = quantize_fp8_per_token(x.reshape(-1, k))
-    return fp8_matmul(xq, a_scale, qweight, scale, x.dtype).view(*lead, n)
+    xq, a_scale = quantize_fp8_per_token(x.contiguous())
+    return fp8_matmul(xq, a_scale, qweight, scale, x.dtype)

@@ -160,3 +160,18 @@ def test_cuda_quant_matmul_rejects_shapes_it_cannot_take():
     with pytest.raises(ValueError, match="multiple of 64"):
         _C.quant_matmul(ops._arg(y, "y"), ops._arg(x, "x"), ops._arg(qw.qweight, "qweight"),
                         ops._arg(qw.scale, "scale"), None, 0, ops._stream(x))
+
+
+def test_cuda_rmsnorm_quant_then_fp8_matmul_block_rows():
+    """The fused path a model layer takes: rmsnorm_quant_fp8 on [B, L, K], then fp8_matmul."""
+    if not fp8_capable():
+        pytest.skip("fp8 matmuls need compute capability >= 8.9")
+    qw = quantized("fp8", 256, 512, seed=9)
+    x = torch.randn(2, 32, 512, device="cuda", dtype=torch.bfloat16)
+    w = torch.ones(512, device="cuda", dtype=torch.bfloat16)
+    xq, a_scale = ops.rmsnorm_quant_fp8(x, w, 1e-5)
+    y = ops.fp8_matmul(xq, a_scale, qw.qweight, qw.scale, torch.bfloat16)
+    want = formats.reference_linear(ops.rmsnorm(x, w, 1e-5).float(), qw)
+    torch.cuda.synchronize()
+    assert y.shape == (2, 32, 256)
+    torch.testing.assert_close(y.float(), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())

@@ -242,10 +242,15 @@ def test_compiled_checks_reject_bad_tensors():
 
 def test_fp8_matmul_on_cpu_is_the_float_spec():
     qw = quantized("fp8", 16, 32, 4)
-    xq, a_scale = ops.quantize_fp8_per_token(torch.randn(3, 32))
+    xq, a_scale = ops.rmsnorm_quant_fp8(torch.randn(2, 3, 32), torch.ones(32), 1e-5)   # [B, L, K] rows
     y = ops.fp8_matmul(xq, a_scale, qw.qweight, qw.scale, torch.float32)
-    want = (xq.float() @ qw.qweight.float().t()) * a_scale[:, None] * qw.scale[None, :]
+    want = (xq.float() @ qw.qweight.float().t()) * a_scale[..., None] * qw.scale
+    assert y.shape == (2, 3, 16)
     torch.testing.assert_close(y, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="a_scale"):
+        ops.fp8_matmul(xq, a_scale[:, :2], qw.qweight, qw.scale, torch.float32)
+    with pytest.raises(ValueError, match="out_dtype"):
+        ops.fp8_matmul(xq, a_scale, qw.qweight, qw.scale, torch.int32)
 
 
 # ---- the benchmark script ---------------------------------------------------------------------------
