@@ -103,7 +103,7 @@ def run(args) -> dict:
                 rows.append(row(fmt, n, k, m, seconds, weight_bytes(qw), dense))
     return dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        driver_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
+        torch_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         group_size=args.group_size, warmup=args.warmup, repeats=args.repeats, rows=rows)
 
