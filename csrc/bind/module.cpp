@@ -71,7 +71,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<illada::TensorArg>(m, "TensorArg")
       .def(py::init([](uintptr_t ptr, int dtype, std::vector<int64_t> shape, std::vector<int64_t> strides, bool cuda) {
              ILLADA_CHECK(shape.size() == strides.size(), "TensorArg: shape and strides differ in length");
-             ILLADA_CHECK(dtype >= 0 && dtype <= 6, "TensorArg: unknown dtype code " << dtype);
+             ILLADA_CHECK(dtype >= 0 && dtype <= 9, "TensorArg: unknown dtype code " << dtype);
              return illada::TensorArg{ptr, illada::DType(dtype), std::move(shape), std::move(strides), cuda};
            }),
            py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("cuda"))
@@ -83,4 +83,5 @@ PYBIND11_MODULE(_C, m) {
   illada::register_attention(m);
   illada::register_remask(m);
   illada::register_embedding(m);
+  illada::register_quant(m);
 }

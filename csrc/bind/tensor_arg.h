@@ -50,5 +50,6 @@ void register_elementwise(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
 void register_remask(pybind11::module_& m);
 void register_embedding(pybind11::module_& m);
+void register_quant(pybind11::module_& m);
 
 }  // namespace illada

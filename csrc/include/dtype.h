@@ -1,5 +1,5 @@
 // Element types that cross the Python boundary, and exact host conversions for the
-// 16-bit ones (round to nearest even, as torch does).
+// 16-bit ones (round to nearest even, as torch does) and for float8 e4m3 (host and device).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -8,7 +8,8 @@
 
 namespace illada {
 
-enum class DType : int { Float32 = 0, BFloat16 = 1, Float16 = 2, Int64 = 3, Int32 = 4, Bool = 5, Float64 = 6 };
+enum class DType : int { Float32 = 0, BFloat16 = 1, Float16 = 2, Int64 = 3, Int32 = 4, Bool = 5, Float64 = 6,
+                         Int8 = 7, UInt8 = 8, Float8E4M3 = 9 };
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -19,6 +20,9 @@ inline const char* dtype_name(DType t) {
     case DType::Int32: return "int32";
     case DType::Bool: return "bool";
     case DType::Float64: return "float64";
+    case DType::Int8: return "int8";
+    case DType::UInt8: return "uint8";
+    case DType::Float8E4M3: return "float8_e4m3fn";
   }
   return "unknown";
 }
@@ -66,6 +70,64 @@ inline uint16_t float_to_fp16(float f) {
   }
   uint32_t rounded = a + 0xfffu + ((a >> 13) & 1u);
   return uint16_t(sign | uint16_t((rounded - 0x38000000u) >> 13));
+}
+
+// float8 e4m3fn (1 sign, 4 exponent bits biased by 7, 3 mantissa bits; no infinities, the
+// one NaN pattern S.1111.111; largest finite 448). The encoder matches torch's
+// `.to(torch.float8_e4m3fn)` bit for bit: round to nearest even, saturating: |f| >= 448
+// (infinities included) becomes +-448, NaN stays NaN with f's sign; subnormals (below 2^-6)
+// are multiples of 2^-9.
+#if defined(__CUDACC__)
+#define ILLADA_HOST_DEVICE __host__ __device__
+#else
+#define ILLADA_HOST_DEVICE
+#endif
+
+ILLADA_HOST_DEVICE inline uint32_t fp8_float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  return float_bits(f);
+#endif
+}
+ILLADA_HOST_DEVICE inline float fp8_bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  return bits_float(u);
+#endif
+}
+
+ILLADA_HOST_DEVICE inline uint8_t float_to_fp8e4m3(float f) {
+  constexpr uint32_t kInf = 0x7f800000u;
+  constexpr uint32_t kMax = 0x43e00000u;          // 448.0f, the largest finite e4m3
+  constexpr uint32_t kSmallestNormal = 121u << 23;  // 2^-6
+  constexpr uint32_t kDenormMagic = 141u << 23;   // 2^14: its float32 ulp is 2^-9, the subnormal step
+  uint32_t u = fp8_float_bits(f);
+  const uint32_t sign = u & 0x80000000u;
+  u ^= sign;
+  uint8_t out;
+  if (u > kInf) {
+    out = 0x7f;                                   // NaN
+  } else if (u >= kMax) {
+    out = 0x7e;                                   // saturate to 448
+  } else if (u < kSmallestNormal) {
+    // Adding 2^14 rounds |f| to a multiple of 2^-9 (nearest even); the low bits count the steps.
+    out = uint8_t(fp8_float_bits(fp8_bits_float(u) + fp8_bits_float(kDenormMagic)) - kDenormMagic);
+  } else {
+    const uint32_t mant_odd = (u >> 20) & 1u;
+    u += (uint32_t(7 - 127) << 23) + 0x7ffffu + mant_odd;  // rebias the exponent, round to nearest even
+    out = uint8_t(u >> 20);
+  }
+  return uint8_t(out | (sign >> 24));
+}
+
+ILLADA_HOST_DEVICE inline float fp8e4m3_to_float(uint8_t b) {
+  const uint32_t sign = uint32_t(b & 0x80u) << 24;
+  const uint32_t exp = (b >> 3) & 0xfu, man = b & 7u;
+  if (exp == 0xf && man == 7) return fp8_bits_float(sign | 0x7fc00000u);            // NaN
+  if (exp == 0) return fp8_bits_float(sign | fp8_float_bits(float(man) * 0.001953125f));  // man * 2^-9
+  return fp8_bits_float(sign | ((exp + 120u) << 23) | (man << 20));
 }
 
 // Host element types for templated CPU kernels: load as float, store rounded.

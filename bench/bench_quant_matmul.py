@@ -1,0 +1,151 @@
+"""Quantized linear layers (int8, int4, fp8) against a bf16 dense matmul at LLaDA-8B shapes.
+
+    python bench/bench_quant_matmul.py                          # CUDA, LLaDA-8B shapes, M in 32, 4096, 16384
+    python bench/bench_quant_matmul.py --m 32 --formats int4 --out quant.json
+    python bench/bench_quant_matmul.py --device cpu             # tiny shapes: a smoke run of every path
+
+Weights w [N, K] (random, ~1/sqrt(K)) are quantized with illada_rt.quant.formats; x [M, K] is
+bf16 (CUDA) or float32 (CPU). Each configuration runs --warmup times, then --repeats timed runs
+(CUDA events on the GPU, a wall clock on the CPU); the median is reported with the achieved
+TFLOP/s (2*M*N*K per call), the GB/s of weight bytes read once (packed weight and scales), and
+the speed-up over F.linear with the bf16 weight (cuBLAS) at the same shape (>1: faster).
+Shapes of LLaDA-8B: q/k/v/o (4096, 4096), gate+up packed (2*12288, 4096), down (4096, 12288).
+M = 32 is one batch-1 block of rows (the block-only denoising steps), 4096 and 16384 full sequences.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from illada_rt import build_info, ops
+from illada_rt.quant import formats
+
+LLADA_SHAPES = [(4096, 4096), (2 * 12288, 4096), (4096, 12288)]
+CPU_SHAPES = [(64, 128), (96, 256)]
+
+
+def weight_bytes(qw: formats.QuantizedWeight) -> int:
+    return sum(t.numel() * t.element_size() for t in (qw.qweight, qw.scale, qw.zero) if t is not None)
+
+
+def quant_call(qw: formats.QuantizedWeight, x: torch.Tensor):
+    if qw.format == "int8":
+        return lambda: ops.int8_linear(x, qw.qweight, qw.scale)
+    if qw.format == "int4":
+        return lambda: ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size)
+    return lambda: ops.fp8_linear(x, qw.qweight, qw.scale)
+
+
+def time_call(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fp8_unsupported(device: torch.device):
+    """Why fp8 cannot run here, or None."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        return f"compute capability {torch.cuda.get_device_capability(device)} < (8, 9)"
+    return None
+
+
+def row(fmt, n, k, m, seconds, nbytes, dense_seconds):
+    return dict(format=fmt, n=n, k=k, m=m, ms=seconds * 1e3, tflops=2 * m * n * k / seconds / 1e12,
+                weight_gbps=nbytes / seconds / 1e9,
+                speedup_vs_bf16=None if dense_seconds is None else dense_seconds / seconds)
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not (torch.cuda.is_available() and build_info()["cuda"]):
+        raise RuntimeError("--device cuda needs a CUDA device and a CUDA build of illada_rt")
+    shapes = CPU_SHAPES if device.type == "cpu" and not args.shapes else (args.shapes or LLADA_SHAPES)
+    ms = args.m or ([1, 7] if device.type == "cpu" else [32, 4096, 16384])
+    xdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for n, k in shapes:
+        w = (torch.randn(n, k, generator=g, device=device) * k ** -0.5).to(xdtype)
+        quantized = {fmt: formats.quantize_weight(w, fmt, group_size=args.group_size) for fmt in args.formats}
+        for m in ms:
+            x = torch.randn(m, k, generator=g, device=device).to(xdtype)
+            dense = time_call(lambda: F.linear(x, w), device, args.warmup, args.repeats)
+            rows.append(row(f"{xdtype}".replace("torch.", ""), n, k, m, dense, w.numel() * w.element_size(), dense))
+            for fmt, qw in quantized.items():
+                reason = fp8_unsupported(device) if fmt == "fp8" else None
+                if reason:
+                    rows.append(dict(format=fmt, n=n, k=k, m=m, skipped=reason))
+                    continue
+                seconds = time_call(quant_call(qw, x), device, args.warmup, args.repeats)
+                rows.append(row(fmt, n, k, m, seconds, weight_bytes(qw), dense))
+    return dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        torch_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        group_size=args.group_size, warmup=args.warmup, repeats=args.repeats, rows=rows)
+
+
+def print_rows(result: dict) -> None:
+    print(f"# {result['device']}, torch {result['torch']}, int4 group {result['group_size']}")
+    print(f"{'format':>9} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} {'vs dense':>8}")
+    for r in result["rows"]:
+        if "skipped" in r:
+            print(f"{r['format']:>9} {r['n']:>6} {r['k']:>6} {r['m']:>6}  skipped: {r['skipped']}")
+            continue
+        print(f"{r['format']:>9} {r['n']:>6} {r['k']:>6} {r['m']:>6} {r['ms']:>9.4f} {r['tflops']:>8.2f} "
+              f"{r['weight_gbps']:>11.1f} {r['speedup_vs_bf16']:>7.2f}x")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--formats", default="int8,int4,fp8", type=lambda s: s.split(","))
+    p.add_argument("--m", type=int, nargs="+", help="token rows (default: 32 4096 16384; CPU: 1 7)")
+    p.add_argument("--shapes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="+",
+                   help="weight shapes NxK (default: LLaDA-8B's; CPU: tiny ones)")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    bad = set(args.formats) - set(formats.FORMATS)
+    if bad:
+        p.error(f"unknown formats {sorted(bad)}; choose from {formats.FORMATS}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    print_rows(result)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
