@@ -15,7 +15,7 @@ from . import ops
 from .config import ModelConfig
 from .loader import PREFIX, iter_weights
 from .quant.formats import QuantizedWeight, cat_rows
-from .quant.linear import linear
+from .quant.linear import linear, rmsnorm_into
 
 Matrix = Union[torch.Tensor, QuantizedWeight]  # a dense [N, K] weight or its quantized form
 
@@ -116,7 +116,7 @@ class LLaDAModel:
             x_rows = x if rows is None else x[:, local].contiguous()
         att = ops.attention(q, k, v, key_mask)                   # [B, Lq, H, hd]
         o = linear(att.view(B, -1, cfg.d_model), w.wo)           # [B, Lq, d]
-        h_rows = ops.rmsnorm(o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
+        h_rows = rmsnorm_into(w.w_gate_up, o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
         gate_up = linear(h_rows, w.w_gate_up)                    # [B, Lq, 2F]
         f = cfg.mlp_hidden_size
         act = ops.swiglu(gate_up[..., :f], gate_up[..., f:])
@@ -131,13 +131,14 @@ class LLaDAModel:
         """
         cfg = self.cfg
         x = ops.embedding(tokens, self.wte)                      # [B, Lx, d] residual stream
-        h = ops.rmsnorm(x, self.layers[0].attn_norm, cfg.rms_norm_eps)
+        h = rmsnorm_into(self.layers[0].wqkv, x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
             kv = None if cache is None else cache[i]
             x_rows, ffn = self._block(w, x, h, key_mask, rows if i == last else None, pos0, kv)
             if i < last:
-                h = ops.rmsnorm(ffn, self.layers[i + 1].attn_norm, cfg.rms_norm_eps, residual=x)
+                h = rmsnorm_into(self.layers[i + 1].wqkv, ffn, self.layers[i + 1].attn_norm, cfg.rms_norm_eps,
+                                 residual=x)
         return ops.rmsnorm(ffn, self.ln_f, cfg.rms_norm_eps, residual=x_rows)
 
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,

@@ -2,9 +2,8 @@
 
     y = linear(x, w)      x [..., K], w a dense [N, K] tensor or a QuantizedWeight -> y [..., N]
 
-quantized_linear is the single place that chooses a quantized matmul: the compiled kernel of
-illada_rt.ops where the extension has one for the format, otherwise the plain-torch spec
-(formats.reference_linear, dequantize + matmul; fp8 emulated). Both compute the same thing.
+quantized_linear is the single place that chooses a quantized matmul: the compiled kernels of
+illada_rt.ops (KERNELS), which compute formats.reference_linear (the plain-torch spec).
 
 fp8 (W8A8) quantizes the activations per token. A norm that feeds an fp8 matmul can do that
 itself: rmsnorm_into(next_weight, ...) returns an Fp8Activation (ops.rmsnorm_quant_fp8), and
@@ -19,22 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .formats import QuantizedWeight, quantize_activation_fp8, reference_linear
+from .formats import QuantizedWeight
 
 # format -> name of its matmul in illada_rt.ops
 KERNELS = {"int8": "int8_linear", "int4": "int4_linear", "fp8": "fp8_linear"}
 
 
-def kernel_for(fmt: str):
-    """The compiled matmul for `fmt`, or None where this build has none."""
-    return getattr(ops, KERNELS[fmt], None)
-
-
 def quantized_linear(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """x [..., K] @ dequantize(qw).T -> [..., N] in x's dtype (see formats.py for each format)."""
-    kernel = kernel_for(qw.format)
-    if kernel is None:
-        return reference_linear(x, qw)
+    kernel = getattr(ops, KERNELS[qw.format])
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()                                   # [M, K]
     if qw.format == "int4":
@@ -55,33 +47,22 @@ class Fp8Activation:
 
 def fp8_matmul(act: Fp8Activation, qw: QuantizedWeight) -> torch.Tensor:
     """[..., N] = (xq @ qweight.T) * a_scale * scale in act.dtype: formats.reference_linear after its
-    activation quantization (ops.fp8_matmul where the build has it)."""
+    activation quantization (ops.fp8_matmul)."""
     if qw.format != "fp8":
         raise ValueError(f"fp8 activations need an fp8 weight, got a {qw.format} one")
     lead, k = act.xq.shape[:-1], act.xq.shape[-1]
     xq, a_scale = act.xq.reshape(-1, k), act.a_scale.reshape(-1)
-    kernel = getattr(ops, "fp8_matmul", None)
-    if kernel is not None:
-        y = kernel(xq, a_scale, qw.qweight, qw.scale, act.dtype)
-    else:
-        y = ((xq.float() @ qw.qweight.float().t()) * a_scale[:, None] * qw.scale[None, :]).to(act.dtype)
+    y = ops.fp8_matmul(xq, a_scale, qw.qweight, qw.scale, act.dtype)
     return y.view(*lead, qw.shape[0])
 
 
 def rmsnorm_into(next_weight: Union[torch.Tensor, QuantizedWeight], x: torch.Tensor, weight: torch.Tensor,
                  eps: float, residual: Optional[torch.Tensor] = None) -> Union[torch.Tensor, Fp8Activation]:
     """ops.rmsnorm(x, weight, eps, residual) for a matmul with next_weight; where that is an fp8
-    weight, the norm quantizes its output per token in the same pass (ops.rmsnorm_quant_fp8, or the
-    norm then formats.quantize_activation_fp8 where the build has no fused kernel)."""
+    weight, the norm quantizes its output per token in the same pass (ops.rmsnorm_quant_fp8)."""
     if not (isinstance(next_weight, QuantizedWeight) and next_weight.format == "fp8"):
         return ops.rmsnorm(x, weight, eps, residual=residual)
-    fused = getattr(ops, "rmsnorm_quant_fp8", None)
-    if fused is not None:
-        xq, a_scale = fused(x, weight, eps, residual=residual)
-    else:
-        h = ops.rmsnorm(x, weight, eps, residual=residual)
-        xq, a_scale = quantize_activation_fp8(h.reshape(-1, h.shape[-1]))
-        xq, a_scale = xq.view(h.shape), a_scale.view(h.shape[:-1])
+    xq, a_scale = ops.rmsnorm_quant_fp8(x, weight, eps, residual=residual)
     return Fp8Activation(xq, a_scale, x.dtype)
 
 
