@@ -35,7 +35,7 @@ struct DequantParams {
   DType out_dtype = DType::Float32;
 };
 
-// The CUDA small-M kernel's shape requirements (checked by the launcher, mirrored in ops.py):
+// The CUDA small-M kernel's shape requirements (checked by the launcher, mirrored in illada_rt/ops/quant.py):
 // K a multiple of quant_matmul_k_align(bits); int4 groups a multiple of 32; x rows and the packed
 // weight rows 16-byte aligned.
 constexpr int64_t quant_matmul_k_align(int bits) { return bits == 8 ? 64 : 128; }

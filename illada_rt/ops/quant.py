@@ -1,0 +1,258 @@
+"""Quantized-weight ops: dequantize, int8/int4 matmuls, fp8 activations and matmuls."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .extension import _C, FLOAT_DTYPES, _arg, _opt, _rows, _stream
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized matmuls (formats in illada_rt/quant/formats.py; kernels in csrc/*/quant_*).
+#   int8 / int4 weight-only: y = x @ dequantize(w).T in x's dtype. CUDA, bf16/fp16 x and at most
+#   QUANT_MATMUL_MAX_M rows: one compiled kernel reads the packed weight once (tensor-core mma,
+#   fp32 accumulation). Otherwise (large M, float32 x, shapes the kernel does not take, CPU):
+#   dequantize to x's dtype with the compiled kernel, then torch's matmul (cuBLAS on CUDA).
+#   fp8 (W8A8): per-token fp8 activations (compiled), then torch._scaled_mm with row-wise scales
+#   on CUDA (compute capability >= 8.9) or a float32 matmul of the fp8 values on the CPU.
+# ---------------------------------------------------------------------------------------------
+QUANT_MATMUL_MAX_M = int(_C.QUANT_MATMUL_MAX_M)
+_FP8_MIN_CAPABILITY = (8, 9)
+
+
+def _check_tensor(t, name: str, dtype=None, dim=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
+
+
+def _check_x(x, k: int, name: str = "x"):
+    _check_tensor(x, name)
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; its last dim must be the weight's K = {k}")
+
+
+def _check_same_device(x, *others):
+    for name, t in others:
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def _int_weight(qweight, scale, zero, group_size, bits: int):
+    """Check an int8 / int4 weight; return (N, K)."""
+    _check_tensor(qweight, "qweight", torch.int8 if bits == 8 else torch.uint8, 2)
+    if bits == 8:
+        _check_tensor(scale, "scale", torch.float32, 1)
+        if scale.shape[0] != qweight.shape[0]:
+            raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{qweight.shape[0]}]")
+        return qweight.shape[0], qweight.shape[1]
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    if not isinstance(group_size, int) or group_size <= 0 or group_size % 2 or k % group_size:
+        raise ValueError(f"group_size {group_size!r} must be a positive even divisor of K = {k}")
+    _check_tensor(scale, "scale", torch.float32, 2)
+    if tuple(scale.shape) != (n, k // group_size):
+        raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{n}, {k // group_size}]")
+    if zero is not None:
+        _check_tensor(zero, "zero", torch.float32, 2)
+        if zero.shape != scale.shape:
+            raise ValueError(f"zero has shape {tuple(zero.shape)}, expected {tuple(scale.shape)}")
+    return n, k
+
+
+def _dequantize(qweight, scale, zero, group_size, dtype, bits: int, out=None) -> torch.Tensor:
+    n, k = _int_weight(qweight, scale, zero, group_size, bits)
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    _check_same_device(qweight, ("scale", scale), ("zero", zero), ("out", out))
+    qweight, scale = qweight.contiguous(), scale.contiguous()
+    zero = None if zero is None else zero.contiguous()
+    if out is None:
+        out = torch.empty(n, k, dtype=dtype, device=qweight.device)
+    else:
+        _check_tensor(out, "out", dtype, 2)
+        if tuple(out.shape) != (n, k):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected [{n}, {k}]")
+    _C.dequantize(_arg(out, "out"), _arg(qweight, "qweight"), _arg(scale, "scale"), _opt(zero, "zero"),
+                  int(group_size) if bits == 4 else 0, _stream(qweight))
+    return out
+
+
+def dequantize_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """w [N, K] = qweight int8 [N, K] * scale float32 [N], computed in float32, rounded to dtype."""
+    return _dequantize(qweight, scale, None, 0, dtype, 8, out)
+
+
+def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor], group_size: int,
+                    dtype: torch.dtype = torch.float32, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """w [N, K] = (code - zero) * scale per group of group_size inputs (qweight uint8 [N, K/2])."""
+    return _dequantize(qweight, scale, zero, group_size, dtype, 4, out)
+
+
+def _fast_int_linear_ok(x2: torch.Tensor, qweight: torch.Tensor, k: int, group_size: int, bits: int) -> bool:
+    """Whether the compiled small-M CUDA kernel takes this call (its requirements in quant_matmul.h)."""
+    return (x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16) and 0 < x2.shape[0] <= QUANT_MATMUL_MAX_M
+            and k % _C.quant_matmul_k_align(bits) == 0 and (bits == 8 or group_size % 32 == 0)
+            and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0
+            and qweight.is_contiguous() and qweight.data_ptr() % 16 == 0)
+
+
+def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None) -> torch.Tensor:
+    n, k = _int_weight(qweight, scale, zero, group_size, bits)
+    _check_x(x, k)
+    _check_same_device(x, ("qweight", qweight), ("scale", scale), ("zero", zero), ("out", out))
+    lead = x.shape[:-1]
+    if out is None:
+        out = torch.empty(*lead, n, dtype=x.dtype, device=x.device)
+    else:
+        _check_tensor(out, "out", x.dtype)
+        if tuple(out.shape) != (*lead, n):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(*lead, n)}")
+    x2, y = x.reshape(-1, k), _rows(out, "out")
+    if _fast_int_linear_ok(x2, qweight, k, group_size, bits):
+        scale = scale.contiguous()
+        zero = None if zero is None else zero.contiguous()
+        _C.quant_matmul(_arg(y, "out"), _arg(x2, "x"), _arg(qweight, "qweight"), _arg(scale, "scale"),
+                        _opt(zero, "zero"), int(group_size) if bits == 4 else 0, _stream(x))
+    else:
+        torch.matmul(x2, _dequantize(qweight, scale, zero, group_size, x.dtype, bits).t(), out=y)
+    return out
+
+
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K] @ (qweight int8 [N, K] * scale [N]).T -> [..., N] in x's dtype (written to out if given)."""
+    return _int_linear(x, qweight, scale, None, 0, 8, out)
+
+
+def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
+                group_size: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K] @ dequantize_int4(...).T -> [..., N] in x's dtype (qweight uint8 [N, K/2])."""
+    return _int_linear(x, qweight, scale, zero, group_size, 4, out)
+
+
+def _quantize_fp8(x, weight, residual, eps, out) -> tuple:
+    lead = x.shape[:-1]
+    x2 = _rows(x, "x")
+    if out is None:
+        out = (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
+               torch.empty(lead, dtype=torch.float32, device=x.device))
+    xq, a_scale = out
+    _check_tensor(xq, "xq", torch.float8_e4m3fn)
+    _check_tensor(a_scale, "a_scale", torch.float32)
+    if xq.shape != x.shape or a_scale.shape != lead:
+        raise ValueError(f"out: xq {tuple(xq.shape)} and a_scale {tuple(a_scale.shape)} must be "
+                         f"{tuple(x.shape)} and {tuple(lead)}")
+    _check_same_device(x, ("xq", xq), ("a_scale", a_scale))
+    if not a_scale.is_contiguous():
+        raise ValueError("a_scale must be contiguous")
+    _C.quantize_fp8(_arg(_rows(xq, "xq"), "xq"), _arg(a_scale.view(-1), "a_scale"), _arg(x2, "x"),
+                    _opt(weight, "weight"),
+                    None if residual is None else _arg(_rows(residual, "residual"), "residual"), float(eps),
+                    _stream(x))
+    return xq, a_scale
+
+
+def quantize_fp8_per_token(x: torch.Tensor, out: Optional[tuple] = None):
+    """x [..., K] -> (xq float8_e4m3fn [..., K], a_scale float32 [...]), as formats.quantize_activation_fp8.
+
+    out: optional (xq, a_scale) to write into (for fixed buffers).
+    """
+    _check_tensor(x, "x")
+    if x.dtype not in FLOAT_DTYPES or x.dim() < 1:
+        raise ValueError(f"x must be a float32, bfloat16 or float16 tensor [..., K], got {x.dtype} {tuple(x.shape)}")
+    return _quantize_fp8(x, None, None, 0.0, out)
+
+
+def rmsnorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None,
+                      out: Optional[tuple] = None):
+    """(xq, a_scale) = quantize_fp8_per_token(rmsnorm(x, weight, eps, residual)), fused; residual += x first.
+
+    The normalised row is rounded to x's dtype exactly as ops.rmsnorm rounds it; out as in
+    quantize_fp8_per_token.
+    """
+    _check_tensor(x, "x")
+    if x.dtype not in FLOAT_DTYPES or x.dim() < 1:
+        raise ValueError(f"x must be a float32, bfloat16 or float16 tensor [..., K], got {x.dtype} {tuple(x.shape)}")
+    _check_tensor(weight, "weight", x.dtype, 1)
+    if weight.shape[0] != x.shape[-1]:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [{x.shape[-1]}]")
+    if residual is not None:
+        _check_tensor(residual, "residual", x.dtype)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+    _check_same_device(x, ("weight", weight), ("residual", residual))
+    return _quantize_fp8(x, weight, residual, eps, out)
+
+
+def cast_to_fp8(x: torch.Tensor) -> torch.Tensor:
+    """x.to(torch.float8_e4m3fn) through the compiled conversion (the kernels' rounding, for tests)."""
+    _check_tensor(x, "x")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    flat = x.contiguous().view(-1)
+    out = torch.empty(flat.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    _C.cast_fp8(_arg(out, "out"), _arg(flat, "x"), _stream(x))
+    return out.view(x.shape)
+
+
+def _require_fp8_gpu(device: torch.device) -> None:
+    cap = torch.cuda.get_device_capability(device)
+    if cap < _FP8_MIN_CAPABILITY:
+        raise RuntimeError(f"fp8 weights need a GPU of compute capability >= 8.9 for fp8 matmuls; "
+                           f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}. "
+                           "Use the int8 or int4 format on this GPU.")
+
+
+def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """y [..., N] = (xq [..., K] @ qweight [N, K].T) * a_scale[..., None] * scale, in out_dtype.
+
+    xq, a_scale: per-token fp8 activations (quantize_fp8_per_token / rmsnorm_quant_fp8).
+    CUDA: torch._scaled_mm with row-wise scales (bfloat16 result, cast to out_dtype), which needs
+    compute capability >= 8.9 and K, N multiples of 16 (other shapes use the float32 matmul below).
+    CPU: float32 matmul of the fp8 values, then the scales, as formats.reference_linear.
+    """
+    _check_tensor(xq, "xq", torch.float8_e4m3fn)
+    _check_tensor(a_scale, "a_scale", torch.float32)
+    _check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
+    _check_tensor(scale, "scale", torch.float32, 1)
+    n, k = qweight.shape
+    if xq.dim() < 1 or xq.shape[-1] != k or a_scale.shape != xq.shape[:-1] or scale.shape[0] != n:
+        raise ValueError(f"fp8_matmul: shapes disagree: xq {tuple(xq.shape)}, a_scale {tuple(a_scale.shape)}, "
+                         f"qweight {tuple(qweight.shape)}, scale {tuple(scale.shape)}")
+    if out_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    _check_same_device(xq, ("a_scale", a_scale), ("qweight", qweight), ("scale", scale))
+    lead = xq.shape[:-1]
+    xq2, a2 = xq.reshape(-1, k), a_scale.reshape(-1, 1)
+    m = xq2.shape[0]
+    if xq.is_cuda:
+        _require_fp8_gpu(xq.device)
+        if k % 16 == 0 and n % 16 == 0 and m > 0:
+            y = torch._scaled_mm(xq2.contiguous(), qweight.contiguous().t(), scale_a=a2.contiguous(),
+                                 scale_b=scale.view(1, n).contiguous(), out_dtype=torch.bfloat16)
+            return y.to(out_dtype).view(*lead, n)
+    y = (xq2.float() @ qweight.float().t()) * a2 * scale[None, :]
+    return y.to(out_dtype).view(*lead, n)
+
+
+def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] -> per-token fp8 activations -> fp8 matmul with qweight [N, K] -> [..., N] in x's dtype."""
+    _check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
+    _check_tensor(scale, "scale", torch.float32, 1)
+    n, k = qweight.shape
+    _check_x(x, k)
+    if scale.shape[0] != n:
+        raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{n}]")
+    _check_same_device(x, ("qweight", qweight), ("scale", scale))
+    if x.is_cuda:
+        _require_fp8_gpu(x.device)                       # before any work
+    xq, a_scale = quantize_fp8_per_token(x.contiguous())
+    return fp8_matmul(xq, a_scale, qweight, scale, x.dtype)
