@@ -10,6 +10,7 @@
 
 #include "parallel.h"
 #include "quant_matmul.h"
+#include "rmsnorm_row.h"
 
 namespace illada {
 namespace {
@@ -17,23 +18,12 @@ namespace {
 template <class T>
 void quantize_row(const Fp8QuantParams& p, int64_t r, float* h) {
   const T* x = static_cast<const T*>(p.x) + r * p.x_stride;
-  const T* src = x;
   if (p.weight) {
-    if (p.residual) {
-      T* res = static_cast<T*>(p.residual) + r * p.residual_stride;
-      for (int64_t j = 0; j < p.dim; ++j) res[j] = from_float<T>(to_float(res[j]) + to_float(x[j]));
-      src = res;
-    }
-    double sum_sq = 0.0;
-    for (int64_t j = 0; j < p.dim; ++j) {
-      float v = to_float(src[j]);
-      sum_sq += double(v) * v;
-    }
-    const float inv = 1.0f / std::sqrt(float(sum_sq / double(p.dim)) + p.eps);
-    const T* w = static_cast<const T*>(p.weight);
-    for (int64_t j = 0; j < p.dim; ++j) h[j] = round_to<T>(to_float(w[j]) * round_to<T>(to_float(src[j]) * inv));
+    T* res = p.residual ? static_cast<T*>(p.residual) + r * p.residual_stride : nullptr;
+    rmsnorm_row(x, res, static_cast<const T*>(p.weight), p.dim, p.eps,
+                [&](int64_t j, float v) { h[j] = round_to<T>(v); });
   } else {
-    for (int64_t j = 0; j < p.dim; ++j) h[j] = to_float(src[j]);
+    for (int64_t j = 0; j < p.dim; ++j) h[j] = to_float(x[j]);
   }
   float amax = 0.0f;
   for (int64_t j = 0; j < p.dim; ++j) {  // a NaN sticks, as in torch's amax
