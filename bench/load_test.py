@@ -98,7 +98,7 @@ def start_server(args):
     """`illada-rt serve` as a subprocess on a free loopback port; returns (process, url) once healthy."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "illada_rt.cli_serve", "serve", "--model", args.model, "--port", str(port),
+    cmd = [sys.executable, "-m", "illada_rt", "serve", "--model", args.model, "--port", str(port),
            "--max-batch-size", str(args.max_batch_size), "--device", args.device, "--dtype", args.dtype,
            "--max-queue", str(max(256, 2 * args.clients)), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)

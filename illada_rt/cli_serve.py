@@ -83,20 +83,3 @@ def run(args) -> int:
     print("illada-rt: server stopped" + (f" ({signal.Signals(caught[0]).name})" if caught else ""),
           file=sys.stderr, flush=True)
     return 0
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="illada-rt")
-    add_parser(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f"illada-rt: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import random_prompt
+from test_cache import padded_prompt
 from illada_rt import graph_loop
 from illada_rt.cuda_graphs import GraphCache
 from illada_rt.denoise import DenoiseSettings, denoise
@@ -24,12 +25,6 @@ OPTIONS = [
 ]
 
 
-def padded_prompt(cfg, batch=3, length=7, seed=9):
-    ids = random_prompt(cfg, batch, length, seed=seed)
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    mask[-1, :1] = 0
-    return ids.masked_fill(mask == 0, cfg.pad_token_id), mask
 
 
 def eager(eng, job):

@@ -81,10 +81,8 @@ def test_client_disconnect_cancels_the_request(text_dir):
 
 
 def serve_command() -> list:
-    """`illada-rt serve` when cli.py has the subcommand, else the module's own entry point."""
-    from illada_rt import cli
-    module = "illada_rt" if "cli_serve" in open(cli.__file__).read() else "illada_rt.cli_serve"
-    return [sys.executable, "-m", module, "serve"]
+    """`illada-rt serve` through the package's own entry point (this tree, whatever is installed)."""
+    return [sys.executable, "-m", "illada_rt", "serve"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -118,9 +116,9 @@ def test_serve_answers_and_stops_cleanly_on_a_signal(text_dir, sig):
 
 
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
-    from illada_rt import cli_serve
+    from illada_rt import cli
     monkeypatch.setitem(sys.modules, "starlette", None)     # import starlette now raises ImportError
-    assert cli_serve.main(["serve", "--port", "1"]) == 2
+    assert cli.main(["serve", "--port", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and 'pip install "illada_rt[serve]"' in err
 
