@@ -51,12 +51,16 @@ def _import_stack():
 def run(args) -> int:
     """Load the model, serve until SIGINT/SIGTERM, shut down gracefully. Returns the exit status."""
     uvicorn = _import_stack()
+    import torch
+
     from .engine import Engine
     from .serving import AsyncEngine
     from .serving.http_app import create_app
 
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise ValueError(f"--request-timeout must be positive, got {args.request_timeout}")
+    if args.device.startswith("cuda:") and args.device[5:].isdigit() and int(args.device[5:]) < torch.cuda.device_count():
+        torch.cuda.set_device(int(args.device[5:]))   # the kernels run on the current device (see device.py)
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     aeng = AsyncEngine(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                        request_timeout=args.request_timeout)

@@ -75,6 +75,7 @@ class GraphCache:
     def _get(self, key: tuple, st_args: tuple, inputs: tuple) -> CapturedStep:
         step = self.steps.get(key)
         if step is not None:
+            self.steps.move_to_end(key)   # least recently used leaves first
             return step
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()

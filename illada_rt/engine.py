@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import torch
 
@@ -29,7 +29,8 @@ from .infill import InfillOutput
 from .model import LLaDAModel
 from .quant.load import load_model
 from .stream import StreamEvent, stream_events
-from .text import NoTokenizerError, TextCodec
+from .engine_text import TextAPI
+from .text import NoTokenizerError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +49,7 @@ class GenerationOutput:
 
 
 @dataclass
-class _Job:
+class GenerationPlan:
     """A checked generation request laid out on its canvas."""
     canvas: torch.Tensor               # [B, P + gen_length] int64 on the device: the prompt, then masks
     key_mask: Optional[torch.Tensor]   # [B, P + gen_length] bool, or None without padding (device)
@@ -79,7 +80,7 @@ def _resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
 
 
-class Engine:
+class Engine(TextAPI):
     def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None, use_cuda_graphs: bool = True):
         self.model = model
         # CUDA: generate() replays one captured denoising step per shape (cuda_graphs.py); False: eager
@@ -88,7 +89,7 @@ class Engine:
         self.cfg: ModelConfig = model.cfg
         self.device: torch.device = model.device
         self.model_dir = model_dir
-        self._codec: Optional[TextCodec] = None
+        self._codec = None   # the checkpoint's tokenizer, loaded on first use (engine_text.py)
 
     @classmethod
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
@@ -137,7 +138,7 @@ class Engine:
         cache: None (exact), or Fast-dLLM's "prefix" or "dual" block KV cache (see cache.py):
         cheaper steps that approximate the exact mode; not with cfg_scale > 0.
         """
-        job = self._prepare(input_ids, attention_mask, gen_length=gen_length, block_length=block_length,
+        job = self.plan_generation(input_ids, attention_mask, gen_length=gen_length, block_length=block_length,
                             steps=steps, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
                             threshold=threshold, cache=cache, seed=seed, stop_at_eos=stop_at_eos,
                             stop_token_ids=stop_token_ids)
@@ -152,17 +153,19 @@ class Engine:
         """generate() as a stream of StreamEvents (see stream.py): one per finished block, and
         with every_step=True one per denoising step. `options` are generate()'s.
         Arguments are checked here, before the first event is asked for."""
-        job = self._prepare(input_ids, attention_mask, **options)
+        job = self.plan_generation(input_ids, attention_mask, **options)
         progress = denoise_steps(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds,
                                  job.row_offset, job.settings)
         return stream_events(progress, job.canvas, job.prompt_len, job.block_length, every_step,
-                             self._answer_decoder(job.stops))
+                             self.answer_decoder(job.stops))
 
-    def _prepare(self, input_ids, attention_mask, gen_length: int = 128, block_length: int = 32, steps: int = 128,
-                 temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
-                 threshold: Optional[float] = None, cache: Optional[str] = None, seed: Optional[int] = None,
-                 stop_at_eos: bool = False, stop_token_ids: Optional[Sequence[int]] = None) -> "_Job":
-        """Check generation arguments and lay out the canvas [B, P + gen_length] on the device."""
+    def plan_generation(self, input_ids, attention_mask, gen_length: int = 128, block_length: int = 32,
+                        steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
+                        remasking: str = "low_confidence", threshold: Optional[float] = None,
+                        cache: Optional[str] = None, seed: Optional[int] = None, stop_at_eos: bool = False,
+                        stop_token_ids: Optional[Sequence[int]] = None) -> "GenerationPlan":
+        """Check generate()'s arguments and lay out the canvas [B, P + gen_length] on the device
+        (what generate, stream and the serving scheduler run)."""
         ids = validate.as_token_batch(input_ids)
         validate.check_tokens(ids, self.cfg)
         mask = validate.as_attention_mask(attention_mask, ids)
@@ -186,7 +189,7 @@ class Engine:
             row_offset = (mask == 0).sum(1).to(torch.int64)
         seeds = torch.arange(B, dtype=torch.int64) + seed
         dev = self._on_device
-        return _Job(dev(canvas), dev(key_mask), P, block_length, answer_blocks(P, gen_length, block_length),
+        return GenerationPlan(dev(canvas), dev(key_mask), P, block_length, answer_blocks(P, gen_length, block_length),
                     dev(seeds), dev(row_offset), settings, stops, seed)
 
     def _stop_ids(self, stop_token_ids) -> List[int]:
@@ -236,74 +239,6 @@ class Engine:
             raise ValueError("options must be a non-empty list of token sequences")
         _, prompts, options = likelihood.check_pairs(self.model, [prompt] * len(options), options, "options")
         return likelihood.score_choices(self.model, prompts[0], options)
-
-    # ------------------------------------------------------------------ text
-
-    @property
-    def codec(self) -> TextCodec:
-        if self._codec is None:
-            self._codec = TextCodec(self.model_dir)
-        return self._codec
-
-    def _answer_decoder(self, stops: List[int]) -> Optional[Callable[[torch.Tensor], List[str]]]:
-        """answers [B, n] -> their texts up to the first stop token; None without a tokenizer."""
-        try:
-            codec = None if self.model_dir is None else self.codec
-        except NoTokenizerError:
-            codec = None
-        if codec is None:
-            return None
-
-        def decode(answers: torch.Tensor) -> List[str]:
-            lengths = answer_lengths(answers, stops)
-            return [codec.decode(answers[b, : int(lengths[b])].tolist()) for b in range(answers.shape[0])]
-        return decode
-
-    def encode_prompts(self, prompts: Sequence[str], chat: bool = False):
-        """Token ids [B, P] left-padded with the pad (or eos) id, and the attention mask."""
-        codec = self.codec
-        rows = []
-        for text in prompts:
-            if chat:
-                rows.append(codec.encode(codec.render_chat([{"role": "user", "content": text}]), add_special_tokens=False))
-            else:
-                rows.append(codec.encode(text))
-        if any(len(r) == 0 for r in rows):
-            raise ValueError("a prompt encodes to no tokens; give non-empty text")
-        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else self.cfg.eos_token_id
-        width = max(len(r) for r in rows)
-        if pad is None and any(len(r) != width for r in rows):
-            raise ValueError("prompts of different lengths need a pad_token_id or eos_token_id in config.json")
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.int64)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
-        return ids, mask
-
-    def generate_text(self, prompts: Union[str, Sequence[str]], chat: bool = False, **kwargs) -> Union[str, List[str]]:
-        """Generate from text prompts; returns the decoded answers (a str for a str prompt)."""
-        single = isinstance(prompts, str)
-        batch = [prompts] if single else list(prompts)
-        if not batch:
-            raise ValueError("prompts is empty")
-        ids, mask = self.encode_prompts(batch, chat=chat)
-        out = self.generate(ids, attention_mask=mask if bool((mask == 0).any()) else None, **kwargs)
-        texts = [self.codec.decode(out.answers[b, : int(out.answer_lengths[b])].tolist()) for b in range(len(batch))]
-        return texts[0] if single else texts
-
-    def infill_text(self, texts: Union[str, Sequence[str]], mask_marker: Optional[str] = None,
-                    **kwargs) -> Union[str, List[str]]:
-        """Fill the masks of text ("The <mask> is <mask><mask> blue"): one masked token per
-        marker (default: the tokenizer's mask token). Returns the decoded filled texts;
-        kwargs are infill()'s."""
-        single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        if not batch:
-            raise ValueError("texts is empty")
-        pad = self.cfg.pad_token_id if self.cfg.pad_token_id is not None else self.cfg.eos_token_id
-        ids, mask = infill_mod.encode_masked_texts(self.codec, batch, self.cfg.mask_token_id, mask_marker, pad)
-        out = self.infill(ids, attention_mask=mask, **kwargs)
-        pads = [0] * len(batch) if mask is None else (mask == 0).sum(1).tolist()
-        filled = [self.codec.decode(out.sequences[b, pads[b]:].tolist()) for b in range(len(batch))]
-        return filled[0] if single else filled
 
 
 __all__ = ["Engine", "GenerationOutput", "InfillOutput", "StreamEvent", "NoTokenizerError"]

@@ -1,6 +1,7 @@
 """Argument checks for generation: every rule broken raises ValueError naming the rule."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -82,10 +83,10 @@ def check_schedule(prompt_len: int, gen_length: int, block_length: int, steps: i
 
 
 def check_sampling(temperature, cfg_scale, remasking, threshold):
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 <= cfg_scale < math.inf:
+        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     if threshold is not None and not 0.0 < threshold <= 1.0:

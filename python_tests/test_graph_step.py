@@ -54,7 +54,7 @@ def graph_step(eng, job, noop_is_cheap=False, st=None):
 def test_graph_step_matches_eager_loop(engines, layout, options, with_mask):
     eng = engines[layout][0]
     ids, mask = padded_prompt(eng.cfg) if with_mask else (random_prompt(eng.cfg, 2, 6, seed=7), None)
-    job = eng._prepare(ids, mask, **KW, seed=11, **options)
+    job = eng.plan_generation(ids, mask, **KW, seed=11, **options)
     want, want_nfe = eager(eng, job)
     assert not bool((want[:, job.prompt_len:] == eng.cfg.mask_token_id).any())
     for cheap in (False, True):  # rounds with reads, or the whole bound of replays without any
@@ -71,7 +71,7 @@ def test_schedule_grid_matches_eager_loop(engines, layout, steps, gen_length, bl
     eng = engines[layout][0]
     ids, mask = padded_prompt(eng.cfg, batch=2, length=5 + steps % 7, seed=steps + gen_length)
     for options in (dict(), dict(temperature=1.0, cfg_scale=0.5), dict(threshold=0.2)):
-        job = eng._prepare(ids, mask, steps=steps, gen_length=gen_length, block_length=block_length, seed=1,
+        job = eng.plan_generation(ids, mask, steps=steps, gen_length=gen_length, block_length=block_length, seed=1,
                            **options)
         want, want_nfe = eager(eng, job)
         got, nfe, _ = graph_step(eng, job)
@@ -88,15 +88,15 @@ def test_early_stop_matches_eager_loop(engines, layout):
     eng = engines[layout][0]
     ids, mask = padded_prompt(eng.cfg)
     kw = dict(steps=16, gen_length=32, block_length=8, seed=0)
-    plain, _ = eager(eng, eng._prepare(ids, mask, **kw))
+    plain, _ = eager(eng, eng.plan_generation(ids, mask, **kw))
     P = ids.shape[1]
     for stop in (int(plain[0, P + 3]), int(plain[1, P + 12])):  # stops in block 0 of row 0, block 1 of row 1
-        job = eng._prepare(ids, mask, stop_at_eos=True, stop_token_ids=[stop], **kw)
+        job = eng.plan_generation(ids, mask, stop_at_eos=True, stop_token_ids=[stop], **kw)
         want, want_nfe = eager(eng, job)
         got, nfe, _ = graph_step(eng, job)
         assert torch.equal(got, want) and nfe == want_nfe
     # every row stops in the first block: the generation ends there
-    job = eng._prepare(ids, mask, stop_at_eos=True, stop_token_ids=plain[:, P:P + 8].flatten().tolist(), **kw)
+    job = eng.plan_generation(ids, mask, stop_at_eos=True, stop_token_ids=plain[:, P:P + 8].flatten().tolist(), **kw)
     want, want_nfe = eager(eng, job)
     got, nfe, _ = graph_step(eng, job)
     assert torch.equal(got, want) and nfe == want_nfe == steps_per_full_block(8, 4)
@@ -104,10 +104,10 @@ def test_early_stop_matches_eager_loop(engines, layout):
 
 def test_threshold_with_early_stop_is_left_to_the_eager_loop(engines):
     eng = engines["llada"][0]
-    job = eng._prepare(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5, stop_at_eos=True,
+    job = eng.plan_generation(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5, stop_at_eos=True,
                        stop_token_ids=[3])
     assert not GraphCache.supports(job.settings)
-    assert GraphCache.supports(eng._prepare(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5).settings)
+    assert GraphCache.supports(eng.plan_generation(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5).settings)
     assert not GraphCache.supports(DenoiseSettings(steps_per_block=4, cache="dual"))
     with pytest.raises(ValueError, match="without stop tokens"):
         graph_step(eng, job)
@@ -120,7 +120,7 @@ def test_surplus_steps_are_no_ops(engines, options):
     """Past the last block a step changes neither tokens nor the RNG counter."""
     eng = engines["illada"][0]
     ids, mask = padded_prompt(eng.cfg)
-    job = eng._prepare(ids, mask, **KW, seed=2, temperature=0.9, **options)
+    job = eng.plan_generation(ids, mask, **KW, seed=2, temperature=0.9, **options)
     got, nfe, st = graph_step(eng, job)
     for _ in range(3):
         denoise_step(st)
@@ -135,7 +135,7 @@ def test_threshold_reads_the_device_at_most_once_per_block(engines, monkeypatch)
     monkeypatch.setattr(graph_loop, "_progress", lambda st: reads.append(1) or real(st))
     ids = random_prompt(eng.cfg, 2, 4, seed=1)
     for threshold in (0.05, 0.9):
-        job = eng._prepare(ids, None, steps=16, gen_length=32, block_length=8, threshold=threshold, seed=0)
+        job = eng.plan_generation(ids, None, steps=16, gen_length=32, block_length=8, threshold=threshold, seed=0)
         want, want_nfe = eager(eng, job)
         reads.clear()
         got, nfe, _ = graph_step(eng, job)
@@ -151,13 +151,13 @@ def test_state_is_reusable_across_generations(engines):
     load resets everything but the constant arange, whatever the buffers held (here: garbage)."""
     eng = engines["illada"][0]
     kw = dict(steps=8, gen_length=16, block_length=8, temperature=0.7, cfg_scale=0.5)
-    first = eng._prepare(*padded_prompt(eng.cfg, length=7, seed=1), **kw, seed=3)
+    first = eng.plan_generation(*padded_prompt(eng.cfg, length=7, seed=1), **kw, seed=3)
     st = new_state(eng, first)
     for name, t in vars(st).items():
         if isinstance(t, torch.Tensor) and t.dtype == torch.int64 and name != "arange_block":
             t.fill_(-7)
-    for job in (first, eng._prepare(*padded_prompt(eng.cfg, length=7, seed=2), **kw, seed=4),
-                eng._prepare(random_prompt(eng.cfg, 3, 7, seed=5), torch.ones(3, 7, dtype=torch.int64), **kw, seed=5)):
+    for job in (first, eng.plan_generation(*padded_prompt(eng.cfg, length=7, seed=2), **kw, seed=4),
+                eng.plan_generation(random_prompt(eng.cfg, 3, 7, seed=5), torch.ones(3, 7, dtype=torch.int64), **kw, seed=5)):
         want, want_nfe = eager(eng, job)
         got, nfe, _ = graph_step(eng, job, st=st)
         assert torch.equal(got, want) and nfe == want_nfe
@@ -184,7 +184,7 @@ def test_every_step_is_the_same_program_without_host_reads(engines, options):
     and no op that hands a device value to the host (item, nonzero, is_nonzero)."""
     eng = engines["illada"][0]
     ids, mask = padded_prompt(eng.cfg)
-    job = eng._prepare(ids, mask, steps=9, gen_length=12, block_length=4, seed=0, **options)
+    job = eng.plan_generation(ids, mask, steps=9, gen_length=12, block_length=4, seed=0, **options)
     st = new_state(eng, job)
     st.load(job.canvas, job.key_mask, job.seeds, job.row_offset, job.prompt_len)
     programs = []

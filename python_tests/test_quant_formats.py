@@ -185,3 +185,15 @@ def test_norm_fused_fp8_activation_equals_norm_then_linear(dtype, with_residual)
     assert torch.equal(dense, ops.rmsnorm(x, norm_w, 1e-5))   # other weights get the plain norm
     with pytest.raises(ValueError, match="need an fp8 weight"):
         linear(act, quantize_weight(weight(19, 64, 12), "int8"))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
+def test_quantizing_in_row_chunks_equals_one_pass(monkeypatch, fmt):
+    import illada_rt.quant.formats as formats
+    w = weight(37, 64, 21)
+    whole = quantize_weight(w, fmt, group_size=32)
+    monkeypatch.setattr(formats, "ROW_CHUNK", 8)
+    chunked = quantize_weight(w, fmt, group_size=32)
+    for a, b in ((whole.qweight, chunked.qweight), (whole.scale, chunked.scale), (whole.zero, chunked.zero)):
+        assert (a is None and b is None) or torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                                                        b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)

@@ -221,6 +221,18 @@ def test_unknown_routes_methods_and_big_bodies(client):
     assert post(client, prompt="w1", seed=0, **KW)[0] == 200
 
 
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"prompt": "w1", "cfg_scale": Infinity}', "Infinity"),
+    (b'{"prompt": "w1", "temperature": NaN}', "NaN"),
+    (b'{"prompt": "w1", "temperature": 1e400}', "temperature"),
+    (b'{"prompt": "w1", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "JSON"),
+])
+def test_non_finite_numbers_and_deep_nesting_are_400(client, raw, reason):
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and reason in r.json()["error"]["message"]
+    assert post(client, prompt="w1", seed=0, **KW)[0] == 200
+
+
 def test_an_internal_error_is_a_500_and_the_server_goes_on(engine, monkeypatch):
     aeng = AsyncEngine(engine)
     with TestClient(create_app(aeng, "tiny")) as c:

@@ -253,3 +253,85 @@ def test_cancelled_before_admission_fails_cleanly(engines):
         # the scheduler drops it from the queue and reports that to the request's sink
         assert isinstance(waiting._events.get(timeout=30), RequestCancelledError)
         assert list(busy)[-1].output.tokens == eng.generate(ids[None], **opts).answers[0].tolist()
+
+
+def test_errors_after_a_step_fail_that_request_only(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=12)[0]
+    with SyncEngine(eng) as seng:
+        decode = seng.scheduler._decode
+        seng.scheduler._decode = lambda stops: (lambda answers: 1 / 0)   # a broken tokenizer, say
+        with pytest.raises(ZeroDivisionError):
+            seng.generate(ids, **opts)
+        seng.scheduler._decode = decode
+        assert seng.generate(ids, **opts).tokens == eng.generate(ids[None], **opts).answers[0].tolist()
+
+
+def test_a_crashed_scheduler_fails_everything_and_refuses_more(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=13)[0]
+    seng = SyncEngine(eng)
+    _slow_step(seng, 0.02)
+    running = seng.stream(ids, **opts)
+    seng.scheduler._admit = lambda: 1 / 0      # an internal error outside any request's work
+    waiting = seng.stream(ids, **opts)
+    for events in (running, waiting):
+        with pytest.raises(RuntimeError, match="scheduler stopped after an internal error"):
+            list(events)
+    with pytest.raises(EngineClosedError, match="internal error"):
+        seng.stream(ids, **opts)
+    seng.close()
+
+
+def test_cancelled_and_expired_requests_leave_the_queue_from_anywhere(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=14)[0]
+    opts = dict(opts, gen_length=16, block_length=4, steps=16)
+    with SyncEngine(eng, max_batch_size=1, max_queue=3) as seng:
+        _slow_step(seng, 0.02)
+        running = seng.stream(ids, **opts)
+        live = seng.stream(ids, **opts)               # the head of the queue, waiting its turn
+        for _ in range(20):                          # far more than the bound, each cancelled at once
+            seng.stream(ids, **opts).close()
+        expiring = seng.stream(ids, timeout=0.05, **opts)
+        t0 = time.monotonic()
+        with pytest.raises(RequestTimeoutError):
+            list(expiring)
+        assert time.monotonic() - t0 < 0.25 * 16    # long before the live head would have finished
+        assert seng.scheduler.queue_depth <= 1
+        assert list(live)[-1].output.tokens == list(running)[-1].output.tokens
+
+
+def test_cache_request_without_a_seed_reports_the_seed_it_used(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=15)[0]
+    opts = dict(opts, gen_length=16, block_length=8, steps=16, temperature=0.9)
+    del opts["seed"]
+    with SyncEngine(eng) as seng:
+        out = seng.generate(ids, cache="prefix", **opts)
+    again = eng.generate(ids[None], cache="prefix", seed=out.seed, **opts)
+    assert out.tokens == again.answers[0].tolist()
+
+
+def test_abort_cancels_a_request_running_alone(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=16)[0]
+    opts = dict(opts, gen_length=32, block_length=4, steps=32)
+    seng = SyncEngine(eng)
+    stream = eng.stream
+
+    def slow_stream(*a, **kw):
+        for event in stream(*a, **kw):
+            time.sleep(0.02)
+            yield event
+    eng.stream = slow_stream
+    try:
+        events = seng.stream(ids, cache="dual", **opts)
+        assert next(events).kind in ("step", "block")
+        t0 = time.monotonic()
+        seng.close(graceful=False)
+        assert time.monotonic() - t0 < 0.02 * 32     # it did not run to the end
+        with pytest.raises(RequestCancelledError):
+            list(events)
+    finally:
+        del eng.stream

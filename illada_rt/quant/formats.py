@@ -24,6 +24,7 @@ import torch
 FORMATS = ("int8", "int4", "fp8")
 FP8_MAX = 448.0            # largest finite float8_e4m3fn
 _TINY = 1e-12              # scale floor: an all-zero row or group quantizes to zeros
+ROW_CHUNK = 4096           # rows quantized at a time (a few float32 copies of this many rows live at once)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ def quantize_weight(w: torch.Tensor, fmt: str, group_size: int = 128, zero_point
         raise ValueError(f"unknown quantization format {fmt!r}; choose one of {FORMATS}")
     if w.dim() != 2 or not w.is_floating_point():
         raise ValueError(f"quantize_weight: expected a 2-D float weight, got {tuple(w.shape)} {w.dtype}")
+    if w.shape[0] > ROW_CHUNK:   # every format is per row: chunks bound the float32 temporaries
+        return cat_rows([quantize_weight(w[i:i + ROW_CHUNK], fmt, group_size, zero_point)
+                         for i in range(0, w.shape[0], ROW_CHUNK)])
     w = w.float()
     n, k = w.shape
     if fmt == "int8":

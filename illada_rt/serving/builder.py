@@ -28,12 +28,13 @@ def generation_request(engine, prompt, options: dict, sink, fail, every_step: bo
                        timeout: Optional[float]) -> Request:
     """Check a generate()/stream() request. KV-cache modes run alone (see Scheduler)."""
     ids = prompt_ids(engine, prompt)
-    job = engine._prepare(ids[None], None, **options)
+    job = engine.plan_generation(ids[None], None, **options)
     req = Request(canvas=job.canvas[0], prompt_len=job.prompt_len, blocks=job.blocks, settings=job.settings,
                   stops=job.stops, seed=job.seed, sink=sink, fail=fail, every_step=every_step,
                   deadline=_deadline(timeout))
     if job.settings.cache is not None:
-        req.exclusive = lambda r: _run_stream_alone(engine, ids, options, r)
+        # the seed the request reports is the one it runs with (None drew one in plan_generation)
+        req.exclusive = lambda r: _run_stream_alone(engine, ids, dict(options, seed=job.seed), r)
     return req
 
 
@@ -63,7 +64,7 @@ def _deadline(timeout: Optional[float]) -> Optional[float]:
 
 
 def _decode(engine, tokens) -> Optional[str]:
-    decode = engine._answer_decoder([])
+    decode = engine.answer_decoder([])
     return None if decode is None else decode(torch.tensor([tokens]))[0]
 
 

@@ -96,13 +96,18 @@ class _Api:
                 "total_tokens": prompt_tokens + completion_tokens}
 
     async def _body(self, request: Request) -> dict:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise _TooLarge(f"the request body exceeds {MAX_BODY_BYTES} bytes")
+        raw = bytearray()
+        async for chunk in request.stream():       # stop reading once the bound is passed
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise _TooLarge(f"the request body exceeds {MAX_BODY_BYTES} bytes")
         try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise ValueError(f"the request body is not valid JSON ({e})") from None
+            body = json.loads(bytes(raw), parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"the request body is not valid JSON ({e!r})") from None
         if not isinstance(body, dict):
             raise ValueError("the request body must be a JSON object")
         schema.check_model(body, self.model_name)
@@ -217,6 +222,10 @@ class _Api:
 
     async def metrics(self, request: Request) -> Response:
         return PlainTextResponse(self.aeng.prometheus(), media_type=PROMETHEUS_TYPE)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 class _TooLarge(ValueError):

@@ -56,7 +56,7 @@ class RequestEvent:
 _ids = itertools.count()
 
 
-@dataclass
+@dataclass(eq=False)   # identity: requests are compared as objects, never by value
 class Request:
     """One generation request, checked and laid out, as the scheduler sees it.
 

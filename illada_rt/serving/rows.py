@@ -17,6 +17,7 @@ import torch
 from .. import ops
 from ..denoise import _fill_after_stop, scheduled_steps
 from ..model import LLaDAModel
+from ..quant.linear import linear
 from ..schedule import num_transfer_tokens
 from .requests import Request
 
@@ -111,26 +112,26 @@ class RowBatcher:
         lens = [r.span[1] - r.span[0] for r in rows]
         lo_all, hi_all = min(los), max(lo + ln for lo, ln in zip(los, lens))
         s = rows[0].request.settings
-        uncond = None
-        if s.cfg_scale > 0:
-            prompt_index = torch.zeros(n, width, dtype=torch.bool, device=dev)
-            for b, r in enumerate(rows):
-                prompt_index[b, pads[b]:] = r.prompt_index
-            pair = torch.cat([tokens, tokens.masked_fill(prompt_index, self.mask_id)])   # [2n, W]
-            both = model.logits(pair, None if key_mask is None else key_mask.repeat(2, 1), slice(lo_all, hi_all))
-            cond, uncond = both[:n], both[n:]
-        else:
-            cond = model.logits(tokens, key_mask, slice(lo_all, hi_all))                 # [n, R, E]
-        self.forwards += 1
         widest = max(lens)
         # idx[b, j]: row b's j-th block row inside [lo_all, hi_all); columns past its block repeat its last row
         cols = torch.arange(widest, device=dev)[None, :]
         start = torch.tensor([lo - lo_all for lo in los], device=dev)[:, None]
         last = torch.tensor([ln - 1 for ln in lens], device=dev)[:, None]
         idx = (start + torch.minimum(cols, last))[..., None]                               # [n, widest, 1]
-        cond = torch.take_along_dim(cond, idx, dim=1)                                      # [n, widest, E]
-        if uncond is not None:
-            uncond = torch.take_along_dim(uncond, idx, dim=1)
+        # the final norm's rows of every row's span, then each row's own block rows through the
+        # LM head: the head (E outputs a row) sees n * widest rows, not n * (hi_all - lo_all)
+        if s.cfg_scale > 0:
+            prompt_index = torch.zeros(n, width, dtype=torch.bool, device=dev)
+            for b, r in enumerate(rows):
+                prompt_index[b, pads[b]:] = r.prompt_index
+            pair = torch.cat([tokens, tokens.masked_fill(prompt_index, self.mask_id)])   # [2n, W]
+            hidden = model.hidden(pair, None if key_mask is None else key_mask.repeat(2, 1), slice(lo_all, hi_all))
+            both = linear(torch.take_along_dim(hidden, idx.repeat(2, 1, 1), dim=1), model.head)
+            cond, uncond = both[:n], both[n:]                                             # [n, widest, E]
+        else:
+            hidden = model.hidden(tokens, key_mask, slice(lo_all, hi_all))               # [n, R, d]
+            cond, uncond = linear(torch.take_along_dim(hidden, idx, dim=1), model.head), None
+        self.forwards += 1
         block = torch.full((n, widest), self.hide_id, dtype=torch.int64, device=dev)      # [n, widest]
         for b, r in enumerate(rows):
             lo, hi = r.span

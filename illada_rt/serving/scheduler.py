@@ -36,7 +36,9 @@ class Scheduler:
         self._lock = threading.Condition()
         self._closing = False      # no new requests
         self._abort = False        # fail everything pending instead of finishing it
-        self._decode = engine._answer_decoder  # stops -> (answers [B, n] -> texts) or None
+        self._error: Optional[BaseException] = None   # what stopped the thread, if it crashed
+        self._exclusive: Optional[Request] = None     # the request running alone now
+        self._decode = engine.answer_decoder  # stops -> (answers [B, n] -> texts) or None
         self._thread = threading.Thread(target=self._run, name="illada-rt-scheduler", daemon=True)
         self._thread.start()
 
@@ -44,6 +46,8 @@ class Scheduler:
 
     def submit(self, request: Request):
         with self._lock:
+            if self._error is not None:
+                raise EngineClosedError(f"the engine's scheduler stopped after an internal error: {self._error!r}")
             if self._closing:
                 raise EngineClosedError("the engine is shut down and takes no new requests")
             if sum(not r.cancelled for r in self._queue) >= self.max_queue:   # cancelled ones leave soon
@@ -58,7 +62,10 @@ class Scheduler:
         with self._lock:
             self._closing = True
             self._abort = self._abort or not graceful
+            running = self._exclusive
             self._lock.notify()
+        if running is not None and not graceful:
+            running.cancel()
         self._thread.join(timeout)
 
     @property
@@ -77,50 +84,83 @@ class Scheduler:
     # ------------------------------------------------------------ scheduler thread
 
     def _run(self):
-        while True:
-            with self._lock:
-                while not self._queue and not self._rows and not self._closing:
-                    self._lock.wait()
-                if self._abort:
-                    pending = list(self._queue) + [r.request for r in self._rows]
-                    self._queue.clear()
-                    self._rows = []
-                elif self._closing and not self._queue and not self._rows:
-                    return
-                else:
-                    pending = None
-                    exclusive = self._admit()
-            if pending is not None:
-                for req in pending:
-                    self._fail(req, EngineClosedError("the engine was shut down before the request finished"))
-                return
-            if exclusive is not None:
-                self._run_exclusive(exclusive)
-            elif self._rows:
-                self._step()
+        if self.engine.device.type == "cuda":   # kernels launch on the thread's current device
+            torch.cuda.set_device(self.engine.device)
+        try:
+            while self._serve_once():
+                pass
+        except BaseException as e:  # a bug must not leave callers waiting forever
+            self._crash(e)
 
-    def _admit(self) -> Optional[Request]:
-        """Move waiting requests into the batch (lock held). Returns a request to run alone, if its turn came."""
+    def _serve_once(self) -> bool:
+        """Admit, then run one step (or one exclusive request). False when the thread is done."""
+        with self._lock:
+            while not self._queue and not self._rows and not self._closing:
+                self._lock.wait()
+            if self._abort:
+                pending = list(self._queue) + [r.request for r in self._rows]
+                self._queue.clear()
+                self._rows = []
+            elif self._closing and not self._queue and not self._rows:
+                return False
+            else:
+                pending = None
+                exclusive, admitted = self._admit()
+        if pending is not None:
+            for req in pending:
+                self._fail(req, EngineClosedError("the engine was shut down before the request finished"))
+            return False
+        for row in admitted:
+            self._guarded(row, self._enter)
+        if exclusive is not None:
+            self._run_exclusive(exclusive)
+        elif self._rows:
+            self._step()
+        return True
+
+    def _crash(self, error: BaseException):
+        """The thread met an unexpected error: fail everything pending and refuse new requests."""
+        with self._lock:
+            self._closing = True
+            self._error = error
+            pending = list(self._queue) + [r.request for r in self._rows]
+            self._queue.clear()
+            self._rows = []
+        for req in pending:
+            self._fail(req, RuntimeError(f"the engine's scheduler stopped after an internal error: {error!r}"))
+
+    def _admit(self):
+        """Take waiting requests for the batch (lock held): returns (a request to run alone when its
+        turn came, or None; the requests that join the batch). Cancelled and expired ones leave."""
         now = time.monotonic()
+        for req in [r for r in self._queue if r.cancelled or r.expired(now)]:
+            self._queue.remove(req)
+            self._drop(req, now)
+        admitted: List[Row] = []
         while self._queue:
             head = self._queue[0]
-            if head.cancelled or head.expired(now):
-                self._queue.popleft()
-                self._drop(head, now)
-                continue
             if head.exclusive is not None:
-                if self._rows:
-                    return None        # it waits for the batch to drain
-                return self._queue.popleft()
-            if len(self._rows) >= self.max_batch_size:
-                return None
-            if self._rows and head.batch_key() != self._rows[0].request.batch_key():
-                return None            # head-of-line: the batch drains, then the next settings start
+                if self._rows or admitted:
+                    break              # it waits for the batch to drain
+                return self._queue.popleft(), admitted
+            if len(self._rows) + len(admitted) >= self.max_batch_size:
+                break
+            batch = self._rows[0].request if self._rows else admitted[0].request if admitted else None
+            if batch is not None and head.batch_key() != batch.batch_key():
+                break                  # head-of-line: the batch drains, then the next settings start
             self._queue.popleft()
-            row = Row(head, self.engine.cfg.mask_token_id)
             self.metrics.wait_seconds.append(now - head.submitted)
-            self._enter(row)
-        return None
+            admitted.append(Row(head, self.engine.cfg.mask_token_id))
+        return None, admitted
+
+    def _guarded(self, row: Row, action):
+        """action(row); an error fails that row's request only."""
+        try:
+            action(row)
+        except Exception as e:
+            if row in self._rows:
+                self._rows.remove(row)
+            self._fail(row.request, e)
 
     def _enter(self, row: Row):
         """Start the row's next block, finishing any block that needs no step."""
@@ -152,12 +192,15 @@ class Scheduler:
             return
         self.metrics.record_step(len(rows), time.perf_counter() - t0)
         for row, left in zip(rows, masks_left):
-            if row.request.every_step:
-                self._emit(row.request, RequestEvent("step", row.block, self._answer(row).tolist()))
-            if row.block_done(left):
-                self._rows.remove(row)
-                if not self._end_block(row):
-                    self._enter(row)
+            self._guarded(row, lambda r: self._after_step(r, left))
+
+    def _after_step(self, row: Row, masks_left: int):
+        if row.request.every_step:
+            self._emit(row.request, RequestEvent("step", row.block, self._answer(row).tolist()))
+        if row.block_done(masks_left):
+            self._rows.remove(row)
+            if not self._end_block(row):
+                self._enter(row)
 
     def _end_block(self, row: Row) -> bool:
         """Finish the row's block: a block event, and the done event if the request is over."""
@@ -178,11 +221,14 @@ class Scheduler:
 
     def _run_exclusive(self, req: Request):
         t0 = time.perf_counter()
+        self._exclusive = req       # close(graceful=False) cancels it
         try:
             out = req.exclusive(req)
         except Exception as e:
             self._fail(req, e)
             return
+        finally:
+            self._exclusive = None
         self.metrics.record_step(1, time.perf_counter() - t0)
         self.metrics.record_done(req, len(out.tokens))
         self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
