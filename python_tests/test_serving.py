@@ -313,25 +313,62 @@ def test_cache_request_without_a_seed_reports_the_seed_it_used(engines):
     assert out.tokens == again.answers[0].tolist()
 
 
-def test_abort_cancels_a_request_running_alone(engines):
+def _slow_forward(eng, delay):
+    """Make every model forward of `eng` take at least `delay` seconds; returns the undo."""
+    logits = eng.model.logits
+
+    def slow(*a, **kw):
+        time.sleep(delay)
+        return logits(*a, **kw)
+    eng.model.logits = slow
+    return lambda: delattr(eng.model, "logits")
+
+
+def test_abort_cancels_requests_running_outside_the_batch(engines):
     eng, _ = engines["llada"]
     ids, opts = _requests(eng.cfg, 1, seed=16)[0]
     opts = dict(opts, gen_length=32, block_length=4, steps=32)
     seng = SyncEngine(eng)
-    stream = eng.stream
-
-    def slow_stream(*a, **kw):
-        for event in stream(*a, **kw):
-            time.sleep(0.02)
-            yield event
-    eng.stream = slow_stream
+    undo = _slow_forward(eng, 0.02)
     try:
         events = seng.stream(ids, cache="dual", **opts)
-        assert next(events).kind in ("step", "block")
+        assert next(events).kind == "block"
         t0 = time.monotonic()
         seng.close(graceful=False)
-        assert time.monotonic() - t0 < 0.02 * 32     # it did not run to the end
+        assert time.monotonic() - t0 < 0.02 * 28     # it did not run to the end
         with pytest.raises(RequestCancelledError):
             list(events)
     finally:
-        del eng.stream
+        undo()
+
+
+@pytest.mark.parametrize("layout", ["llada", "illada"])
+@pytest.mark.parametrize("settings", [dict(cache="prefix"), dict(cache="dual", temperature=0.8),
+                                      dict(cache="prefix", remasking="random", stop_at_eos=True),
+                                      dict(cache="dual", threshold=0.05),
+                                      dict(cache="prefix", threshold=0.05, temperature=0.5)],
+                         ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_cache_requests_run_in_cohorts_with_their_alone_tokens(engines, layout, settings):
+    eng, _ = engines[layout]
+    g = torch.Generator().manual_seed(len(settings))
+    reqs = []
+    for i in range(5):
+        ids = random_prompt(eng.cfg, 1, int(torch.randint(2, 11, (1,), generator=g)), seed=40 + i)[0]
+        reqs.append((ids, dict(gen_length=16, block_length=8, steps=16, seed=7 * i, **settings)))
+    if settings.get("stop_at_eos"):
+        stop = eng.generate(reqs[0][0][None], **dict(reqs[0][1], stop_at_eos=False)).answers[0, 3]
+        reqs = [(ids, dict(opts, stop_token_ids=[int(stop)])) for ids, opts in reqs]
+    with SyncEngine(eng, max_batch_size=3) as seng:
+        undo = _slow_forward(eng, 0.005)         # the requests queue up while the first cohort runs
+        try:
+            streams = [seng.stream(ids, **opts) for ids, opts in reqs]
+            outs = [list(s)[-1].output for s in streams]
+        finally:
+            undo()
+        stats = seng.stats()
+    for out, (ids, opts) in zip(outs, reqs):
+        alone = eng.generate(ids[None], **opts)
+        assert out.tokens == alone.answers[0].tolist()
+        assert out.answer_length == int(alone.answer_lengths[0]) and out.seed == opts["seed"]
+    cohorts = settings.get("threshold") is None or "temperature" not in settings
+    assert (max(stats["batch_sizes"]) > 1) == cohorts   # shared a batch exactly where that is exact

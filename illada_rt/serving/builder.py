@@ -7,8 +7,8 @@ from typing import Optional
 import torch
 
 from .. import validate
-from ..denoise import answer_lengths
-from .requests import Request, RequestCancelledError, RequestEvent, RequestOutput, RequestTimeoutError
+from .cohort import cohort_key, run_cohort
+from .requests import Request, RequestOutput
 
 
 def prompt_ids(engine, prompt) -> torch.Tensor:
@@ -26,15 +26,16 @@ def prompt_ids(engine, prompt) -> torch.Tensor:
 
 def generation_request(engine, prompt, options: dict, sink, fail, every_step: bool,
                        timeout: Optional[float]) -> Request:
-    """Check a generate()/stream() request. KV-cache modes run alone (see Scheduler)."""
+    """Check a generate()/stream() request. KV-cache modes run in cohorts (see cohort.py)."""
     ids = prompt_ids(engine, prompt)
     job = engine.plan_generation(ids[None], None, **options)
     req = Request(canvas=job.canvas[0], prompt_len=job.prompt_len, blocks=job.blocks, settings=job.settings,
                   stops=job.stops, seed=job.seed, sink=sink, fail=fail, every_step=every_step,
                   deadline=_deadline(timeout))
-    if job.settings.cache is not None:
-        # the seed the request reports is the one it runs with (None drew one in plan_generation)
-        req.exclusive = lambda r: _run_stream_alone(engine, ids, dict(options, seed=job.seed), r)
+    if job.settings.cache is not None:   # a block cache: served in a cohort (cohort.py)
+        req.prompt, req.options = ids, dict(options)
+        req.cohort_key = cohort_key(options, job.settings)
+        req.exclusive = lambda requests: run_cohort(engine, requests)
     return req
 
 
@@ -47,10 +48,10 @@ def infill_request(engine, input_ids, options: dict, sink, fail, timeout: Option
     req = Request(canvas=ids, prompt_len=0, blocks=[], settings=None, stops=[], seed=-1 if seed is None else seed,
                   sink=sink, fail=fail, deadline=_deadline(timeout))
 
-    def run(r: Request) -> RequestOutput:
+    def run(requests) -> list:
         out = engine.infill(ids[None], **options)
         tokens = out.sequences[0].tolist()
-        return RequestOutput(tokens, len(tokens), _decode(engine, tokens), 0, out.nfe, out.seed, "length")
+        return [RequestOutput(tokens, len(tokens), _decode(engine, tokens), 0, out.nfe, out.seed, "length")]
     req.exclusive = run
     return req
 
@@ -66,25 +67,3 @@ def _deadline(timeout: Optional[float]) -> Optional[float]:
 def _decode(engine, tokens) -> Optional[str]:
     decode = engine.answer_decoder([])
     return None if decode is None else decode(torch.tensor([tokens]))[0]
-
-
-def _run_stream_alone(engine, ids: torch.Tensor, options: dict, req: Request) -> RequestOutput:
-    """A request that cannot share a batch, through Engine.stream, checked for cancellation every step."""
-    answer = None
-    for event in engine.stream(ids[None], every_step=True, **options):
-        now = time.monotonic()
-        if req.cancelled:
-            raise RequestCancelledError("the request was cancelled")
-        if req.expired(now):
-            raise RequestTimeoutError(f"the request timed out after {now - req.submitted:.1f} s")
-        if event.kind == "step":
-            if req.every_step:
-                req.sink(RequestEvent("step", event.block, event.tokens[0, req.prompt_len:].tolist()))
-            continue
-        answer = event.tokens[0]
-        req.sink(RequestEvent("block", event.block, answer.tolist(), event.new_from,
-                              None if event.text is None else event.text[0]))
-    length = int(answer_lengths(answer[None], req.stops)[0])
-    nfe = event.nfe
-    return RequestOutput(answer.tolist(), length, _decode(engine, answer[:length].tolist()), req.prompt_len, nfe,
-                         req.seed, "stop" if length < answer.shape[0] else "length")

@@ -73,7 +73,13 @@ class Request:
     fail: Callable[[BaseException], None]
     every_step: bool = False
     deadline: Optional[float] = None  # time.monotonic() after which the request fails with RequestTimeoutError
-    exclusive: Optional[Callable] = None   # runs alone instead of batched: a callable (request) -> RequestOutput
+    # Requests that do not join the row batch (KV-cache modes, infilling) carry their runner:
+    # exclusive(requests) serves a cohort of requests with equal cohort_key (None: alone) while
+    # the row batch is empty, sends their events, and returns each one's output or error.
+    exclusive: Optional[Callable[[List["Request"]], List[object]]] = None
+    cohort_key: Optional[tuple] = None
+    prompt: Optional[torch.Tensor] = None   # [P] int64 on the CPU: the prompt as given
+    options: dict = field(default_factory=dict)   # the generate() options as given
     id: int = field(default_factory=lambda: next(_ids))
     submitted: float = field(default_factory=time.monotonic)
     _cancelled: threading.Event = field(default_factory=threading.Event)

@@ -5,7 +5,8 @@ into the running batch (up to max_batch_size rows, while the head of the queue s
 batch's sampling settings), runs one denoising step for all rows, and retires rows whose
 request completed, failed, timed out or was cancelled. Rows join and leave at their own
 block boundaries, so a long answer never holds back short ones. Requests that cannot
-share a batch (KV-cache modes, infilling) run alone, in queue order.
+join the row batch (KV-cache modes, infilling) run when it is empty, in queue order: KV-cache
+requests in cohorts of equal settings (cohort.py), infills alone.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class Scheduler:
         self._closing = False      # no new requests
         self._abort = False        # fail everything pending instead of finishing it
         self._error: Optional[BaseException] = None   # what stopped the thread, if it crashed
-        self._exclusive: Optional[Request] = None     # the request running alone now
+        self._exclusive: Optional[List[Request]] = None   # the requests running outside the row batch
         self._decode = engine.answer_decoder  # stops -> (answers [B, n] -> texts) or None
         self._thread = threading.Thread(target=self._run, name="illada-rt-scheduler", daemon=True)
         self._thread.start()
@@ -65,7 +66,8 @@ class Scheduler:
             running = self._exclusive
             self._lock.notify()
         if running is not None and not graceful:
-            running.cancel()
+            for req in running:
+                req.cancel()
         self._thread.join(timeout)
 
     @property
@@ -142,7 +144,7 @@ class Scheduler:
             if head.exclusive is not None:
                 if self._rows or admitted:
                     break              # it waits for the batch to drain
-                return self._queue.popleft(), admitted
+                return self._cohort(self._queue.popleft()), admitted
             if len(self._rows) + len(admitted) >= self.max_batch_size:
                 break
             batch = self._rows[0].request if self._rows else admitted[0].request if admitted else None
@@ -152,6 +154,21 @@ class Scheduler:
             self.metrics.wait_seconds.append(now - head.submitted)
             admitted.append(Row(head, self.engine.cfg.mask_token_id))
         return None, admitted
+
+    def _cohort(self, head: Request) -> List[Request]:
+        """head and the waiting requests that can run with it (equal cohort keys), up to the batch size."""
+        cohort = [head]
+        if head.cohort_key is not None:
+            for req in list(self._queue):
+                if len(cohort) >= self.max_batch_size:
+                    break
+                if req.cohort_key == head.cohort_key:
+                    self._queue.remove(req)
+                    cohort.append(req)
+        now = time.monotonic()
+        for req in cohort[1:]:
+            self.metrics.wait_seconds.append(now - req.submitted)
+        return cohort
 
     def _guarded(self, row: Row, action):
         """action(row); an error fails that row's request only."""
@@ -219,19 +236,25 @@ class Scheduler:
             self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
         return over
 
-    def _run_exclusive(self, req: Request):
+    def _run_exclusive(self, cohort: List[Request]):
+        """Serve requests that do not join the row batch (see Request.exclusive)."""
         t0 = time.perf_counter()
-        self._exclusive = req       # close(graceful=False) cancels it
+        self._exclusive = cohort     # close(graceful=False) cancels them
         try:
-            out = req.exclusive(req)
+            results = cohort[0].exclusive(cohort)
         except Exception as e:
-            self._fail(req, e)
-            return
+            results = [e] * len(cohort)
         finally:
             self._exclusive = None
-        self.metrics.record_step(1, time.perf_counter() - t0)
-        self.metrics.record_done(req, len(out.tokens))
-        self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
+        self.metrics.record_step(len(cohort), time.perf_counter() - t0)
+        for req, res in zip(cohort, results):
+            if isinstance(res, BaseException):
+                if isinstance(res, RequestCancelledError):
+                    self.metrics.cancelled += 1
+                self._fail(req, res)
+            else:
+                self.metrics.record_done(req, len(res.tokens))
+                self._emit(req, RequestEvent("done", -1, res.tokens, 0, res.text, res))
 
     # ------------------------------------------------------------ helpers
 
