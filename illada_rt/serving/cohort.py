@@ -50,7 +50,7 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
     plan = engine.plan_generation(ids, mask if bool((mask == 0).any()) else None, **options)
     plan.seeds.copy_(torch.tensor([r.seed for r in requests]))       # each request's own seed
     gen_length = plan.canvas.shape[1] - plan.prompt_len
-    decode = engine.answer_decoder(requests[0].stops)
+    decoders = [engine.answer_decoder(r.stops) for r in requests]   # texts end at each one's own stops
     results: List[Optional[Result]] = [None] * n
     emitted = [0] * n
     progress = denoise_steps(engine.model, plan.canvas, plan.key_mask, plan.blocks, plan.prompt_len, plan.seeds,
@@ -72,6 +72,7 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
         for b, r in enumerate(requests):
             if results[b] is not None:
                 continue
+            decode = decoders[b]
             lengths = answer_lengths(rows[b:b + 1, :upto], r.stops)
             over = event.last or (len(r.settings.stop_token_ids) > 0 and int(lengths[0]) < upto)
             end = gen_length if over else upto
