@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(const Attent
     const bool ok = row < p.seq_q;
     cp_async_16(sQ + r * S + col, ok ? qg + row * p.q_sl + col : qg, ok);
   }
-  // K and V rows [tile * 64, +64) into `stage`; rows past seq_k are zeros and marked invalid.
+  // K and V rows [tile * 64, +64) into `stage`; rows past seq_k and masked keys are zeros and
+  // marked invalid (never read, as on the CPU: a masked key's V may hold anything, even Inf).
   auto load_kv = [&](int64_t tile, int stage) {
     const int64_t k_begin = tile * kBlockN;
     T* dk = sK + stage * Tile::kElems;
@@ -159,7 +160,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_mma_kernel(const Attent
     for (int c = tid; c < kBlockN * Tile::kChunks; c += kMmaThreads) {
       const int r = c / Tile::kChunks, col = (c % Tile::kChunks) * 8;
       const int64_t key = k_begin + r;
-      const bool ok = key < p.seq_k;
+      const bool ok = key < p.seq_k && (mask == nullptr || mask[key] != 0);
       cp_async_16(dk + r * S + col, ok ? kg + key * p.k_sl + col : kg, ok);
       cp_async_16(dv + r * S + col, ok ? vg + key * p.v_sl + col : vg, ok);
     }

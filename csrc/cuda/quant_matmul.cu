@@ -26,7 +26,9 @@ void quant_matmul_cuda(const QuantMatmulParams& p, void* stream) {
   if (p.m == 0 || w.n == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   if (w.k == 0) {  // an empty sum: y = 0
-    ILLADA_CUDA_CHECK(cudaMemset2DAsync(p.y, size_t(p.y_stride) * 2, 0, size_t(w.n) * 2, size_t(p.m), s),
+    // one row may report any stride (torch does for a single row): pitch at least the row width
+    const size_t pitch = p.m == 1 ? size_t(w.n) * 2 : size_t(p.y_stride) * 2;
+    ILLADA_CUDA_CHECK(cudaMemset2DAsync(p.y, pitch, 0, size_t(w.n) * 2, size_t(p.m), s),
                       "quant_matmul: zeroing y");
     return;
   }
