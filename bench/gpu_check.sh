@@ -10,7 +10,7 @@
 # 3. CUDA tests: pytest python_tests/test_cuda_*.py
 # 4. bench: bench_kernels.py, then bench_generate.py on the iLLaDA-8B and LLaDA-8B shapes (random
 #    weights, bfloat16; a subset of the matrix sized to the budget; iLLaDA-8B quantized to int8, int4
-#    and fp8 where the package quantizes at load), then bench_quant_matmul.py and
+#    and fp8 where the package quantizes at load), quant_load.py, then bench_quant_matmul.py and
 #    load_test.py when they exist
 # 5. the rest of the suite (-k "not cuda"), last: the CPU CI runs it too
 # 6. summary: one table, also in OUT_DIR/summary.md
@@ -59,7 +59,7 @@ ENV_LOG="$OUT_DIR/env.log"
 {
   echo "### gpu_check $(date -u +%FT%TZ) in $(pwd), output $OUT_DIR, budget ${BUDGET_S}s"
   echo "### phase caps (each also capped by the budget left): build 300 s, CUDA tests 170, bench_kernels 90,"
-  echo "### bench_generate 110 + 70 + 80 + 80, bench_quant_matmul / load_test 60 each, rest of the suite 170"
+  echo "### bench_generate 110 + 70 + 80 + 80, quant_load 45, bench_quant_matmul / load_test 60 each, rest of the suite 170"
   echo "### git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
   nvidia-smi || echo "nvidia-smi: not available"
   echo "### python: $PY ($("$PY" --version 2>&1))"
@@ -148,6 +148,7 @@ if [ "$BUILT" -eq 1 ]; then
   run_phase "bench_generate iLLaDA-8B quantized" 80 bench.log "${GEN[@]}" --synthetic illada-8b --suffix quant \
     --quant int8,int4,fp8 --paths engine --prompt-len 256 --gen-length 256 --batch 1,8 --max-steps 8 \
     --repeats 2 --time-budget 55
+  run_phase "quant_load" 45 bench.log "$PY" bench/quant_load.py --device cuda --layers 4 --out "$RESULTS_TMP"
   for extra in bench_quant_matmul load_test; do  # written beside this suite; run with their defaults
     [ -f "bench/$extra.py" ] || continue
     OUT_ARG=(); grep -q -- '"--out"' "bench/$extra.py" && OUT_ARG=(--out "$RESULTS_TMP/$extra.json")

@@ -33,6 +33,11 @@ KERNEL_COLUMNS = [
     ("torch ms", "torch_ms", ".4g"), ("x torch", "speedup", ".2f"), ("unit", "unit", ""),
     ("ours", "ours_rate", ".4g"), ("torch", "torch_rate", ".4g"), ("% peak", "pct_peak", ".1f"),
     ("max diff", "max_diff", ".2g")]
+LOAD_COLUMNS = [
+    ("load", "load", ""), ("seconds", "seconds", ".2f"), ("host peak MiB", "host_peak_mib", ".1f"),
+    ("host held MiB", "host_held_mib", ".1f"), ("extra MiB", "extra_mib", ".1f"), ("model MiB", "model_mib", ".1f"),
+    ("largest tensor MiB", "largest_tensor_mib", ".1f"), ("GPU peak MiB", "gpu_peak_mib", ".1f")]
+COLUMNS_BY_KIND = {"bench_kernels": KERNEL_COLUMNS, "quant_load": LOAD_COLUMNS}
 
 
 def result_path(out: Optional[str], info: dict, suffix: str = "") -> str:
@@ -113,7 +118,7 @@ def table(path: str) -> str:
     """The markdown table of a result file, under a line naming the device, dtype and date."""
     with open(path, encoding="utf-8") as f:
         run = json.load(f)
-    columns = KERNEL_COLUMNS if run.get("kind") == "bench_kernels" else GENERATE_COLUMNS
+    columns = COLUMNS_BY_KIND.get(run.get("kind"), GENERATE_COLUMNS)
     where = run.get("gpu") or f"{run.get('cpu')}, {run.get('torch_threads')} threads"
     return (f"{where}, {run.get('dtype')}, torch {run.get('torch')}, {run.get('date')}\n\n"
             + markdown_table(run.get("rows", []), columns))

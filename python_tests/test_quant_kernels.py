@@ -253,6 +253,56 @@ def test_fp8_matmul_on_cpu_is_the_float_spec():
         ops.fp8_matmul(xq, a_scale, qw.qweight, qw.scale, torch.int32)
 
 
+class FakeScaledMM:
+    """Stands in for torch._scaled_mm on the CPU: the product in float32, then the scales;
+    row-wise scales (more than one element) raise as a torch build without that kernel does."""
+
+    def __init__(self, rowwise: bool):
+        self.rowwise, self.calls = rowwise, []
+
+    def __call__(self, a, b, scale_a, scale_b, out_dtype):
+        self.calls.append("rowwise" if scale_a.numel() > 1 else "tensorwise")
+        if scale_a.numel() > 1 and not self.rowwise:
+            raise RuntimeError("Rowwise scaling is not currently supported on your device")
+        return ((a.float() @ b.float()) * scale_a * scale_b).to(out_dtype)
+
+
+@pytest.mark.parametrize("rowwise", [True, False])
+def test_fp8_gemm_falls_back_to_tensorwise_scales_once(monkeypatch, rowwise):
+    """Torch builds without the row-wise fp8 GEMM: the first call warns, every call still gives
+    the spec's product, and later calls go straight to the tensor-wise GEMM."""
+    from illada_rt.ops import quant as quant_ops
+    fake = FakeScaledMM(rowwise)
+    monkeypatch.setattr(torch, "_scaled_mm", fake)
+    monkeypatch.setattr(quant_ops, "_NO_ROWWISE_FP8", set())
+    qw = quantized("fp8", 48, 32, 5)
+    xq, a_scale = ops.quantize_fp8_per_token(torch.randn(7, 32))
+    want = (xq.float() @ qw.qweight.float().t()) * a_scale[:, None] * qw.scale
+    for call in range(2):
+        if rowwise or call:
+            y = quant_ops._fp8_gemm(xq, qw.qweight, a_scale[:, None], qw.scale)
+        else:
+            with pytest.warns(RuntimeWarning, match="row-wise"):
+                y = quant_ops._fp8_gemm(xq, qw.qweight, a_scale[:, None], qw.scale)
+        tol = dict(rtol=1e-2, atol=1e-2) if rowwise else dict(rtol=1e-6, atol=1e-6)  # bf16 / float32 result
+        torch.testing.assert_close(y.float(), want, **tol)
+    assert fake.calls == (["rowwise"] * 2 if rowwise else ["rowwise", "tensorwise", "tensorwise"])
+
+
+def test_fp8_gemm_out_of_memory_is_not_a_fallback(monkeypatch):
+    from illada_rt.ops import quant as quant_ops
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(torch, "_scaled_mm", out_of_memory)
+    monkeypatch.setattr(quant_ops, "_NO_ROWWISE_FP8", set())
+    qw = quantized("fp8", 16, 32, 6)
+    xq, a_scale = ops.quantize_fp8_per_token(torch.randn(3, 32))
+    with pytest.raises(torch.OutOfMemoryError):
+        quant_ops._fp8_gemm(xq, qw.qweight, a_scale[:, None], qw.scale)
+    assert not quant_ops._NO_ROWWISE_FP8
+
+
 # ---- the benchmark script ---------------------------------------------------------------------------
 
 def test_bench_quant_matmul_cpu_smoke(tmp_path):

@@ -1,6 +1,7 @@
 """Quantized-weight ops: dequantize, int8/int4 matmuls, fp8 activations and matmuls."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -210,13 +211,42 @@ def _require_fp8_gpu(device: torch.device) -> None:
                            "Use the int8 or int4 format on this GPU.")
 
 
+# Devices (torch.device) on which this torch has no row-wise fp8 GEMM: torch builds without its
+# CUTLASS row-wise kernel for an architecture raise on the first call, and later calls go straight
+# to the tensor-wise fallback in _fp8_gemm (a warning says so once per device).
+_NO_ROWWISE_FP8 = set()
+
+
+def _fp8_gemm(xq: torch.Tensor, qweight: torch.Tensor, a_scale: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[M, K] fp8 @ ([N, K] fp8).T with per-row scales a_scale [M, 1] and per-column scales scale [N].
+
+    Row-wise torch._scaled_mm applies both scales in the GEMM epilogue (bfloat16 result). Where
+    torch lacks that kernel, a tensor-wise _scaled_mm with unit scales gives the float32 product
+    and the scales are applied after it (one more elementwise pass; float32 result)."""
+    n = qweight.shape[0]
+    if xq.device not in _NO_ROWWISE_FP8:
+        try:
+            return torch._scaled_mm(xq, qweight.t(), scale_a=a_scale, scale_b=scale.contiguous().view(1, n),
+                                    out_dtype=torch.bfloat16)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            _NO_ROWWISE_FP8.add(xq.device)
+            warnings.warn(f"torch._scaled_mm has no row-wise fp8 GEMM on {xq.device} ({e}); fp8 matmuls "
+                          "there use a tensor-wise fp8 GEMM and apply the scales after it", RuntimeWarning)
+    unit = torch.ones((), dtype=torch.float32, device=xq.device)
+    y = torch._scaled_mm(xq, qweight.t(), scale_a=unit, scale_b=unit, out_dtype=torch.float32)
+    return y.mul_(a_scale).mul_(scale)
+
+
 def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
                out_dtype: torch.dtype) -> torch.Tensor:
     """y [..., N] = (xq [..., K] @ qweight [N, K].T) * a_scale[..., None] * scale, in out_dtype.
 
     xq, a_scale: per-token fp8 activations (quantize_fp8_per_token / rmsnorm_quant_fp8).
-    CUDA: torch._scaled_mm with row-wise scales (bfloat16 result, cast to out_dtype), which needs
-    compute capability >= 8.9 and K, N multiples of 16 (other shapes use the float32 matmul below).
+    CUDA: torch._scaled_mm with row-wise scales (bfloat16 result, cast to out_dtype; see _fp8_gemm
+    for torch builds without that kernel), which needs compute capability >= 8.9 and K, N
+    multiples of 16 (other shapes use the float32 matmul below).
     CPU: float32 matmul of the fp8 values, then the scales, as formats.reference_linear.
     """
     _check_tensor(xq, "xq", torch.float8_e4m3fn)
@@ -236,9 +266,7 @@ def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, s
     if xq.is_cuda:
         _require_fp8_gpu(xq.device)
         if k % 16 == 0 and n % 16 == 0 and m > 0:
-            y = torch._scaled_mm(xq2.contiguous(), qweight.contiguous().t(), scale_a=a2.contiguous(),
-                                 scale_b=scale.view(1, n).contiguous(), out_dtype=torch.bfloat16)
-            return y.to(out_dtype).view(*lead, n)
+            return _fp8_gemm(xq2.contiguous(), qweight.contiguous(), a2.contiguous(), scale).to(out_dtype).view(*lead, n)
     y = (xq2.float() @ qweight.float().t()) * a2 * scale[None, :]
     return y.to(out_dtype).view(*lead, n)
 
