@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from illada_rt import reference  # noqa: E402
 from illada_rt.device import resolve_device  # noqa: E402
 from illada_rt.engine import DTYPES  # noqa: E402
+from illada_rt.quant.load import weight_bytes  # noqa: E402
 
 import measure  # noqa: E402
 import results  # noqa: E402
@@ -179,11 +180,13 @@ def run_model(model_name, quant, args, device, limits, deadline, out_rows, save)
         print(f"bench_generate: {model_name or args.model} {quant or ''}: {e}", flush=True)
         return save()
     cfg = eng.cfg
-    weights_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
+    weights_gib = weight_bytes(eng.model)["total"] / 2 ** 30  # codes, scales, zeros and the dense rest
+    allocated_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
     for schedule, B, (P, G), mode, path in configurations(args, ref is not None):
         ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
         ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # on the CPU, as callers pass
-        row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, lengths=f"{P}+{G}",
+        row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, allocated_gib=allocated_gib,
+                   lengths=f"{P}+{G}",
                    prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
                    schedule=schedule, mode=mode, quant=quant or "none", path=path,
                    threshold=args.threshold if schedule == "threshold" else None, status="ok")

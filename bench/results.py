@@ -27,7 +27,8 @@ GENERATE_COLUMNS = [
     ("mode", "mode", ""), ("quant", "quant", ""), ("path", "path", ""), ("status", "status", ""),
     ("ms/step", "ms_per_step", ".2f"), ("tokens/s", "tokens_per_s", ".1f"), ("x ref", "speedup", ".2f"),
     ("TFLOP/s", "tflop_per_s", ".3g"), ("% peak FLOP", "pct_flops", ".1f"), ("GB/s", "gb_per_s", ".3g"),
-    ("% peak BW", "pct_bytes", ".1f"), ("peak GiB", "peak_memory_gib", ".1f"), ("timing", "timing", "")]
+    ("% peak BW", "pct_bytes", ".1f"), ("weights GiB", "weights_gib", ".3g"), ("peak GiB", "peak_memory_gib", ".1f"),
+    ("timing", "timing", "")]
 KERNEL_COLUMNS = [
     ("kernel", "kernel", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("ours ms", "ours_ms", ".4g"),
     ("torch ms", "torch_ms", ".4g"), ("x torch", "speedup", ".2f"), ("unit", "unit", ""),

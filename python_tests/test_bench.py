@@ -88,6 +88,9 @@ def test_bench_generate_time_budget_skips_and_still_writes(tmp_path):
     # int8: skipped too where the package quantizes at load, else one row naming why it cannot
     assert all(row["status"] == "skipped (time budget)" or row["status"].startswith("error: quantization 'int8'")
                for row in rows), rows
+    # weights_gib: the model's weight bytes; int8 blocks (the 4 MiB float32 embedding stays dense)
+    weights = {row["quant"]: row["weights_gib"] for row in rows if row.get("weights_gib")}
+    assert set(weights) == {"none", "int8"} and weights["int8"] < 0.75 * weights["none"], rows
 
 
 def test_bench_kernels_cpu_smoke(tmp_path):
