@@ -1,6 +1,6 @@
 """Quantized linear layers (int8, int4, fp8) against a bf16 dense matmul at LLaDA-8B shapes.
 
-    python bench/bench_quant_matmul.py                          # CUDA, LLaDA-8B shapes, M in 32, 4096, 16384
+    python bench/bench_quant_matmul.py                          # CUDA, LLaDA-8B shapes, M from 32 to 16384
     python bench/bench_quant_matmul.py --m 32 --formats int4 --out quant.json
     python bench/bench_quant_matmul.py --device cpu             # tiny shapes: a smoke run of every path
 
@@ -11,6 +11,12 @@ TFLOP/s (2*M*N*K per call), the GB/s of weight bytes read once (packed weight an
 the speed-up over F.linear with the bf16 weight (cuBLAS) at the same shape (>1: faster).
 Shapes of LLaDA-8B: q/k/v/o (4096, 4096), gate+up packed (2*12288, 4096), down (4096, 12288).
 M = 32 is one batch-1 block of rows (the block-only denoising steps), 4096 and 16384 full sequences.
+
+int8 and int4 run both paths of illada_rt.ops (path "kernel": the compiled tensor-core matmul,
+up to --kernel-max-m rows; path "dequant": dequantize, then cuBLAS). The last lines give, per
+format and shape, the largest M up to which the kernel beats dequant at every measured M, and
+the value of ILLADA_QUANT_MATMUL_MAX_M (the rows up to which path "auto" takes the kernel) that
+keeps the faster path at every measured shape.
 """
 from __future__ import annotations
 
@@ -35,12 +41,44 @@ def weight_bytes(qw: formats.QuantizedWeight) -> int:
     return sum(t.numel() * t.element_size() for t in (qw.qweight, qw.scale, qw.zero) if t is not None)
 
 
-def quant_call(qw: formats.QuantizedWeight, x: torch.Tensor):
+def quant_call(qw: formats.QuantizedWeight, x: torch.Tensor, path: str):
     if qw.format == "int8":
-        return lambda: ops.int8_linear(x, qw.qweight, qw.scale)
+        return lambda: ops.int8_linear(x, qw.qweight, qw.scale, path=path)
     if qw.format == "int4":
-        return lambda: ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size)
+        return lambda: ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size, path=path)
     return lambda: ops.fp8_linear(x, qw.qweight, qw.scale)
+
+
+def paths(fmt: str, device: torch.device, m: int, kernel_max_m: int):
+    """(row label, ops path) pairs to time for one format and M."""
+    if fmt == "fp8":
+        return [("scaled_mm" if device.type == "cuda" else "float32 matmul", "auto")]
+    if device.type == "cuda" and m <= kernel_max_m:
+        return [("kernel", "kernel"), ("dequant", "dequant")]
+    return [("dequant", "dequant")]
+
+
+def crossover(rows: list) -> dict:
+    """Per "format NxK": the largest M up to which the kernel beats dequant at every measured M
+    (0: never); and "max_m": the smallest of them, the ILLADA_QUANT_MATMUL_MAX_M that keeps the
+    faster path at every measured shape (None where no kernel row was timed)."""
+    ms = {}
+    for r in rows:
+        if r.get("path") in ("kernel", "dequant") and "ms" in r:
+            ms.setdefault((r["format"], r["n"], r["k"], r["m"]), {})[r["path"]] = r["ms"]
+    wins = {}
+    for (fmt, n, k, m), t in sorted(ms.items()):
+        if "kernel" not in t or "dequant" not in t:
+            continue
+        key = f"{fmt} {n}x{k}"
+        best, still = wins.get(key, (0, True))
+        if still and t["kernel"] < t["dequant"]:
+            wins[key] = (m, True)
+        else:
+            wins[key] = (best, False)
+    out = {key: best for key, (best, _) in wins.items()}
+    out["max_m"] = min(out.values()) if out else None
+    return out
 
 
 def time_call(fn, device: torch.device, warmup: int, repeats: int) -> float:
@@ -72,8 +110,8 @@ def fp8_unsupported(device: torch.device):
     return None
 
 
-def row(fmt, n, k, m, seconds, nbytes, dense_seconds):
-    return dict(format=fmt, n=n, k=k, m=m, ms=seconds * 1e3, tflops=2 * m * n * k / seconds / 1e12,
+def row(fmt, path, n, k, m, seconds, nbytes, dense_seconds):
+    return dict(format=fmt, path=path, n=n, k=k, m=m, ms=seconds * 1e3, tflops=2 * m * n * k / seconds / 1e12,
                 weight_gbps=nbytes / seconds / 1e9,
                 speedup_vs_bf16=None if dense_seconds is None else dense_seconds / seconds)
 
@@ -83,7 +121,7 @@ def run(args) -> dict:
     if device.type == "cuda" and not (torch.cuda.is_available() and build_info()["cuda"]):
         raise RuntimeError("--device cuda needs a CUDA device and a CUDA build of illada_rt")
     shapes = CPU_SHAPES if device.type == "cpu" and not args.shapes else (args.shapes or LLADA_SHAPES)
-    ms = args.m or ([1, 7] if device.type == "cpu" else [32, 4096, 16384])
+    ms = args.m or ([1, 7] if device.type == "cpu" else [32, 64, 128, 256, 512, 1024, 4096, 16384])
     xdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
     rows = []
@@ -93,37 +131,53 @@ def run(args) -> dict:
         for m in ms:
             x = torch.randn(m, k, generator=g, device=device).to(xdtype)
             dense = time_call(lambda: F.linear(x, w), device, args.warmup, args.repeats)
-            rows.append(row(f"{xdtype}".replace("torch.", ""), n, k, m, dense, w.numel() * w.element_size(), dense))
+            rows.append(row(f"{xdtype}".replace("torch.", ""), "torch", n, k, m, dense, w.numel() * w.element_size(),
+                            dense))
             for fmt, qw in quantized.items():
                 reason = fp8_unsupported(device) if fmt == "fp8" else None
                 if reason:
                     rows.append(dict(format=fmt, n=n, k=k, m=m, skipped=reason))
                     continue
-                seconds = time_call(quant_call(qw, x), device, args.warmup, args.repeats)
-                rows.append(row(fmt, n, k, m, seconds, weight_bytes(qw), dense))
+                for label, path in paths(fmt, device, m, args.kernel_max_m):
+                    try:
+                        seconds = time_call(quant_call(qw, x, path), device, args.warmup, args.repeats)
+                    except ValueError as e:  # a shape the kernel does not take
+                        rows.append(dict(format=fmt, path=label, n=n, k=k, m=m, skipped=str(e)))
+                        continue
+                    rows.append(row(fmt, label, n, k, m, seconds, weight_bytes(qw), dense))
     return dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         torch_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        group_size=args.group_size, warmup=args.warmup, repeats=args.repeats, rows=rows)
+        group_size=args.group_size, warmup=args.warmup, repeats=args.repeats,
+        quant_matmul_max_m=ops.QUANT_MATMUL_MAX_M, rows=rows, crossover=crossover(rows))
 
 
 def print_rows(result: dict) -> None:
     print(f"# {result['device']}, torch {result['torch']}, int4 group {result['group_size']}")
-    print(f"{'format':>9} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} {'vs dense':>8}")
+    print(f"{'format':>9} {'path':>14} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} "
+          f"{'vs dense':>8}")
     for r in result["rows"]:
+        head = f"{r['format']:>9} {r.get('path', '-'):>14} {r['n']:>6} {r['k']:>6} {r['m']:>6}"
         if "skipped" in r:
-            print(f"{r['format']:>9} {r['n']:>6} {r['k']:>6} {r['m']:>6}  skipped: {r['skipped']}")
+            print(f"{head}  skipped: {r['skipped']}")
             continue
-        print(f"{r['format']:>9} {r['n']:>6} {r['k']:>6} {r['m']:>6} {r['ms']:>9.4f} {r['tflops']:>8.2f} "
-              f"{r['weight_gbps']:>11.1f} {r['speedup_vs_bf16']:>7.2f}x")
+        print(f"{head} {r['ms']:>9.4f} {r['tflops']:>8.2f} {r['weight_gbps']:>11.1f} {r['speedup_vs_bf16']:>7.2f}x")
+    cross = result["crossover"]
+    for key, m in cross.items():
+        if key != "max_m":
+            print(f"{key}: the kernel beats dequant + cuBLAS up to M = {m} (every measured M up to it)")
+    if cross["max_m"] is not None:
+        print(f"faster path at every measured shape: ILLADA_QUANT_MATMUL_MAX_M={cross['max_m']} "
+              f"(now {result['quant_matmul_max_m']})")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--formats", default="int8,int4,fp8", type=lambda s: s.split(","))
-    p.add_argument("--m", type=int, nargs="+", help="token rows (default: 32 4096 16384; CPU: 1 7)")
+    p.add_argument("--m", type=int, nargs="+", help="token rows (default: 32 to 16384; CPU: 1 7)")
+    p.add_argument("--kernel-max-m", type=int, default=1024, help="time the kernel path up to this M (CUDA)")
     p.add_argument("--shapes", type=lambda s: tuple(int(v) for v in s.split("x")), nargs="+",
                    help="weight shapes NxK (default: LLaDA-8B's; CPU: tiny ones)")
     p.add_argument("--group-size", type=int, default=128)

@@ -1,7 +1,8 @@
 """CUDA quantized-weight kernels against illada_rt.quant.formats (skipped without a GPU or a CUDA build).
 
-Covers the compiled small-M tensor-core matmul (M <= QUANT_MATMUL_MAX_M, bf16/fp16), the
-dequantize + cuBLAS path (large M, float32, shapes the kernel does not take), the fp8
+Covers the compiled tensor-core matmul (by default up to QUANT_MATMUL_MAX_M rows, and at any M
+with path="kernel"; bf16/fp16), the dequantize + cuBLAS path (large M, float32, shapes the
+kernel does not take), the fp8
 activation kernels (bit-exact with torch's quantization of the same rows) and fp8_linear.
 """
 import pytest
@@ -22,10 +23,10 @@ def quantized(fmt, n, k, seed, group_size=128, zero_point=True):
     return formats.quantize_weight(w, fmt, group_size=group_size, zero_point=zero_point)
 
 
-def int_linear(x, qw, out=None):
+def int_linear(x, qw, out=None, path="auto"):
     if qw.format == "int8":
-        return ops.int8_linear(x, qw.qweight, qw.scale, out=out)
-    return ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size, out=out)
+        return ops.int8_linear(x, qw.qweight, qw.scale, out=out, path=path)
+    return ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size, out=out, path=path)
 
 
 def fp8_capable():
@@ -71,6 +72,34 @@ def test_cuda_int_linear_matches_reference(dtype, fmt, zero_point, n, k, group_s
     assert (y.float() - ref32).abs().max().item() <= 2 * torch_err + 1e-5 * scale
     if dtype == torch.float32:
         torch.testing.assert_close(y, formats.reference_linear(x, qw), rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("m", [1, 65, 300, 1000])
+def test_cuda_int_linear_kernel_and_dequant_paths_agree(dtype, fmt, m):
+    """path="kernel" at any M (the crossover bench times it past QUANT_MATMUL_MAX_M) and
+    path="dequant" at any M both stay within twice torch's own error in the same precision."""
+    n, k = 130, 512
+    qw = quantized(fmt, n, k, seed=m + 17)
+    x = torch.randn(m, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(m)).to(dtype)
+    ref32 = x.float() @ formats.dequantize(qw).t()
+    torch_err = ((x @ formats.dequantize(qw, dtype).t()).float() - ref32).abs().max().item()
+    for path in ("kernel", "dequant"):
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+        y = int_linear(x, qw, out=out, path=path)
+        torch.cuda.synchronize()
+        assert not y.isnan().any(), path
+        assert (y.float() - ref32).abs().max().item() <= 2 * torch_err + 1e-5 * ref32.abs().max().item(), path
+
+
+def test_cuda_int_linear_kernel_path_names_what_it_cannot_take():
+    qw = quantized("int4", 32, 96, seed=2, group_size=32)   # K = 96 is not a multiple of 128
+    with pytest.raises(ValueError, match="K = 96"):
+        int_linear(torch.randn(4, 96, device="cuda", dtype=torch.bfloat16), qw, path="kernel")
+    qw8 = quantized("int8", 32, 128, seed=3)
+    with pytest.raises(ValueError, match="float32"):
+        int_linear(torch.randn(4, 128, device="cuda"), qw8, path="kernel")
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])

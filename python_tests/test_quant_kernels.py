@@ -135,6 +135,32 @@ def test_int_linear_leading_dims_and_strided_x(fmt):
     torch.testing.assert_close(y, formats.reference_linear(x.contiguous(), qw), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_int_linear_paths_on_the_cpu(fmt):
+    """The CPU runs the dequant path whatever `path` says, except "kernel", which it cannot take."""
+    qw = quantized(fmt, 24, 128, seed=8)
+    x = torch.randn(5, 128)
+    call = (lambda **kw: ops.int8_linear(x, qw.qweight, qw.scale, **kw)) if fmt == "int8" else \
+        (lambda **kw: ops.int4_linear(x, qw.qweight, qw.scale, qw.zero, qw.group_size, **kw))
+    torch.testing.assert_close(call(path="dequant"), call(path="auto"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="path='kernel'.*not on a CUDA device"):
+        call(path="kernel")
+    with pytest.raises(ValueError, match="path must be one of"):
+        call(path="fast")
+
+
+@pytest.mark.parametrize("value,expect", [("", "64"), ("7", "7"), ("0", "0"), ("abc", "ILLADA_QUANT_MATMUL_MAX_M"),
+                                          ("-3", "expected a row count")])
+def test_quant_matmul_max_m_from_the_environment(value, expect):
+    env = dict(os.environ, ILLADA_QUANT_MATMUL_MAX_M=value, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", "from illada_rt import ops; print(ops.QUANT_MATMUL_MAX_M)"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    if expect.isdigit():
+        assert done.returncode == 0 and done.stdout.strip() == expect, done.stderr
+    else:
+        assert done.returncode != 0 and "ValueError" in done.stderr and expect in done.stderr
+
+
 # ---- fp8 activations and fp8 linear ---------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -316,6 +342,27 @@ def test_bench_quant_matmul_cpu_smoke(tmp_path):
     assert {"int8", "int4", "fp8", "float32"} <= formats_seen
     for r in result["rows"]:
         assert r["ms"] > 0 and r["tflops"] > 0 and r["weight_gbps"] > 0
+
+
+def test_bench_quant_matmul_crossover_is_the_last_m_of_an_unbroken_run_of_kernel_wins():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import bench_quant_matmul as bqm
+    finally:
+        sys.path.pop(0)
+
+    def timed(fmt, n, m, kernel_ms, dequant_ms):
+        return [dict(format=fmt, path="kernel", n=n, k=64, m=m, ms=kernel_ms),
+                dict(format=fmt, path="dequant", n=n, k=64, m=m, ms=dequant_ms)]
+    rows = (timed("int8", 8, 32, 1, 2) + timed("int8", 8, 64, 1, 2) + timed("int8", 8, 128, 3, 2)
+            + timed("int8", 8, 256, 1, 2)                                    # a later win does not count
+            + timed("int8", 16, 32, 1, 2) + timed("int8", 16, 64, 1, 2) + timed("int8", 16, 128, 1, 2)
+            + [dict(format="int8", path="dequant", n=16, k=64, m=4096, ms=5.0),  # no kernel row: not compared
+               dict(format="int8", path="kernel", n=16, k=64, m=512, skipped="K")])
+    cross = bqm.crossover(rows)
+    assert cross == {"int8 8x64": 64, "int8 16x64": 128, "max_m": 64}
+    assert bqm.crossover(rows + timed("int4", 8, 32, 3, 2))["max_m"] == 0
+    assert bqm.crossover([])["max_m"] is None
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4"])

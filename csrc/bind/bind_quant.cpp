@@ -162,7 +162,7 @@ void register_quant(py::module_& m) {
         "out [N, K] = the weight an int8 ([N, K]) or packed int4 ([N, K/2] uint8) qweight stands for.");
   m.def("quant_matmul", &quant_matmul, py::arg("y"), py::arg("x"), py::arg("qweight"), py::arg("scale"),
         py::arg("zero"), py::arg("group_size"), py::arg("stream") = 0,
-        "CUDA: y [M, N] = x [M, K] @ w^T for an int8 / int4 weight and small M (bf16 / fp16 x).");
+        "CUDA: y [M, N] = x [M, K] @ w^T for an int8 / int4 weight (bf16 / fp16 x; built for small M).");
   m.def("quantize_fp8", &quantize_fp8, py::arg("xq"), py::arg("a_scale"), py::arg("x"), py::arg("weight"),
         py::arg("residual"), py::arg("eps"), py::arg("stream") = 0,
         "Per-token fp8: xq = e4m3(h / a_scale), h = x, or rmsnorm(x) * weight (residual += x first when given).");
@@ -170,7 +170,7 @@ void register_quant(py::module_& m) {
         "out = x.to(float8_e4m3fn) elementwise, for contiguous 1-D x.");
   m.def("quant_matmul_k_align", [](int bits) { return quant_matmul_k_align(bits); }, py::arg("bits"),
         "The multiple of K the CUDA quant_matmul kernel needs for 8- or 4-bit weights.");
-  m.attr("QUANT_MATMUL_MAX_M") = kQuantMatmulMaxM;
+  m.attr("QUANT_KERNEL_MAX_M") = kQuantMatmulKernelMaxM;
 }
 
 }  // namespace illada

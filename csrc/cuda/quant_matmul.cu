@@ -1,4 +1,4 @@
-// y[M, N] = x[M, K] @ w^T for int8 / int4 weights and small M on the GPU: checks the shape
+// y[M, N] = x[M, K] @ w^T for int8 / int4 weights on the GPU (built for small M): checks the shape
 // requirements of the tensor-core kernel (quant_mma.cuh) and launches it. The 8-bit
 // instantiations live here, the 4-bit ones in quant_matmul_int4.cu.
 #include <cstdint>
@@ -12,8 +12,8 @@ void quant_matmul_int4_cuda(const QuantMatmulParams& p, cudaStream_t stream);
 void quant_matmul_cuda(const QuantMatmulParams& p, void* stream) {
   const PackedWeight& w = p.w;
   ILLADA_CHECK(p.dtype == DType::BFloat16 || p.dtype == DType::Float16, "quant_matmul: x must be bfloat16 or float16");
-  ILLADA_CHECK(p.m <= kQuantMatmulMaxM, "quant_matmul: M = " << p.m << " exceeds " << kQuantMatmulMaxM
-                                        << " (dequantize and use a dense matmul for large M)");
+  ILLADA_CHECK(p.m <= kQuantMatmulKernelMaxM, "quant_matmul: M = " << p.m << " exceeds " << kQuantMatmulKernelMaxM
+                                              << " (dequantize and use a dense matmul for large M)");
   ILLADA_CHECK(w.k % quant_matmul_k_align(w.bits) == 0,
                "quant_matmul: K = " << w.k << " must be a multiple of " << quant_matmul_k_align(w.bits));
   ILLADA_CHECK(w.bits == 8 || w.group_size % 32 == 0,

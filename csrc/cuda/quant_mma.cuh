@@ -1,5 +1,7 @@
 // Small-M weight-quantized matmul on tensor cores: y[m, n] = sum_k x[m, k] * w[n, k]
-// (x [M, K] bf16/fp16, w int8 or int4 as in quant_matmul.h, M <= 64).
+// (x [M, K] bf16/fp16, w int8 or int4 as in quant_matmul.h). Built for small M: every block of
+// 8, 16 or 32 tokens reads its weight rows again (from L2 after the first), so past some M,
+// measured by bench/bench_quant_matmul.py, dequantize + cuBLAS wins.
 //
 // Roles: the weight is the mma's A operand (16 weight rows x 16 k), x the B operand (16 k x 8
 // tokens), so y^T tiles [16 rows x 8 tokens] accumulate in float32 (mma.sync m16n8k16).

@@ -6,8 +6,8 @@
 //         a_scale[m] = max(max_k |h[m, k]| / 448, 1e-12)
 // Three kernel families, one params struct each:
 //   DequantParams      w [N, K] in float32 / bf16 / fp16 from int8 or int4 (CPU and CUDA)
-//   QuantMatmulParams  y[M, N] = x[M, K] @ w^T for bf16 / fp16 x and small M (CUDA only;
-//                      the CPU and large-M paths dequantize and call torch's matmul)
+//   QuantMatmulParams  y[M, N] = x[M, K] @ w^T for bf16 / fp16 x (CUDA only; built for small M.
+//                      The CPU, and by default M above 64, dequantize and call torch's matmul)
 //   Fp8QuantParams     per-token fp8 quantization of x, or of rmsnorm(x) with an optional
 //                      fused residual add (same rounding as rmsnorm.h) (CPU and CUDA)
 #pragma once
@@ -39,7 +39,9 @@ struct DequantParams {
 // K a multiple of quant_matmul_k_align(bits); int4 groups a multiple of 32; x rows and the packed
 // weight rows 16-byte aligned.
 constexpr int64_t quant_matmul_k_align(int bits) { return bits == 8 ? 64 : 128; }
-constexpr int64_t kQuantMatmulMaxM = 64;     // above this the caller dequantizes and uses cuBLAS
+// The most rows one launch takes (grid.y blocks of 32 tokens). Which path a call takes is the
+// caller's choice (illada_rt/ops/quant.py: the kernel up to QUANT_MATMUL_MAX_M rows by default).
+constexpr int64_t kQuantMatmulKernelMaxM = 65535LL * 32;
 
 struct QuantMatmulParams {
   PackedWeight w;

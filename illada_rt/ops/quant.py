@@ -1,6 +1,7 @@
 """Quantized-weight ops: dequantize, int8/int4 matmuls, fp8 activations and matmuls."""
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Optional
 
@@ -11,14 +12,35 @@ from .extension import _C, FLOAT_DTYPES, _arg, _opt, _rows, _stream
 
 # ---------------------------------------------------------------------------------------------
 # Quantized matmuls (formats in illada_rt/quant/formats.py; kernels in csrc/*/quant_*).
-#   int8 / int4 weight-only: y = x @ dequantize(w).T in x's dtype. CUDA, bf16/fp16 x and at most
-#   QUANT_MATMUL_MAX_M rows: one compiled kernel reads the packed weight once (tensor-core mma,
-#   fp32 accumulation). Otherwise (large M, float32 x, shapes the kernel does not take, CPU):
-#   dequantize to x's dtype with the compiled kernel, then torch's matmul (cuBLAS on CUDA).
+#   int8 / int4 weight-only: y = x @ dequantize(w).T in x's dtype. Two paths (`path=`):
+#     "kernel"   CUDA, bf16/fp16 x: one compiled kernel reads the packed weight and multiplies on
+#                tensor cores (fp32 accumulation); built for small M (block-only steps)
+#     "dequant"  dequantize to x's dtype with the compiled kernel, then torch's matmul (cuBLAS on
+#                CUDA): large M, float32 x, shapes the kernel does not take, the CPU
+#     "auto"     the kernel where it takes the call and M <= QUANT_MATMUL_MAX_M, else dequant.
+#   QUANT_MATMUL_MAX_M is 64 unless ILLADA_QUANT_MATMUL_MAX_M says otherwise (read at import);
+#   bench/bench_quant_matmul.py times both paths at each M and prints the crossover.
 #   fp8 (W8A8): per-token fp8 activations (compiled), then torch._scaled_mm with row-wise scales
 #   on CUDA (compute capability >= 8.9) or a float32 matmul of the fp8 values on the CPU.
 # ---------------------------------------------------------------------------------------------
-QUANT_MATMUL_MAX_M = int(_C.QUANT_MATMUL_MAX_M)
+QUANT_KERNEL_MAX_M = int(_C.QUANT_KERNEL_MAX_M)   # the most rows one kernel launch takes
+INT_LINEAR_PATHS = ("auto", "kernel", "dequant")
+
+
+def _max_m_from_env(name: str = "ILLADA_QUANT_MATMUL_MAX_M", default: int = 64) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= QUANT_KERNEL_MAX_M:
+        raise ValueError(f"{name}={raw!r}: expected a row count from 0 to {QUANT_KERNEL_MAX_M}")
+    return value
+
+
+QUANT_MATMUL_MAX_M = _max_m_from_env()
 _FP8_MIN_CAPABILITY = (8, 9)
 
 
@@ -96,15 +118,25 @@ def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[t
     return _dequantize(qweight, scale, zero, group_size, dtype, 4, out)
 
 
-def _fast_int_linear_ok(x2: torch.Tensor, qweight: torch.Tensor, k: int, group_size: int, bits: int) -> bool:
-    """Whether the compiled small-M CUDA kernel takes this call (its requirements in quant_matmul.h)."""
-    return (x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16) and 0 < x2.shape[0] <= QUANT_MATMUL_MAX_M
-            and k % _C.quant_matmul_k_align(bits) == 0 and (bits == 8 or group_size % 32 == 0)
-            and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0
-            and qweight.is_contiguous() and qweight.data_ptr() % 16 == 0)
+def _kernel_refusal(x2: torch.Tensor, qweight: torch.Tensor, k: int, group_size: int, bits: int):
+    """Why the compiled CUDA matmul kernel cannot take this call (its requirements in
+    quant_matmul.h), or None when it can."""
+    align = _C.quant_matmul_k_align(bits)
+    checks = [
+        (x2.is_cuda, "x is not on a CUDA device"),
+        (x2.dtype in (torch.bfloat16, torch.float16), f"x is {x2.dtype}, not bfloat16 or float16"),
+        (0 < x2.shape[0] <= QUANT_KERNEL_MAX_M, f"{x2.shape[0]} rows (it takes 1 to {QUANT_KERNEL_MAX_M})"),
+        (k % align == 0, f"K = {k} is not a multiple of {align}"),
+        (bits == 8 or group_size % 32 == 0, f"group_size {group_size} is not a multiple of 32"),
+        (x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0, "x rows are not 16-byte aligned"),
+        (qweight.is_contiguous() and qweight.data_ptr() % 16 == 0, "qweight is not contiguous and 16-byte aligned"),
+    ]
+    return next((why for ok, why in checks if not ok), None)
 
 
-def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None) -> torch.Tensor:
+def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None, path: str = "auto") -> torch.Tensor:
+    if path not in INT_LINEAR_PATHS:
+        raise ValueError(f"path must be one of {INT_LINEAR_PATHS}, got {path!r}")
     n, k = _int_weight(qweight, scale, zero, group_size, bits)
     _check_x(x, k)
     _check_same_device(x, ("qweight", qweight), ("scale", scale), ("zero", zero), ("out", out))
@@ -116,7 +148,13 @@ def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None) -> tor
         if tuple(out.shape) != (*lead, n):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(*lead, n)}")
     x2, y = x.reshape(-1, k), _rows(out, "out")
-    if _fast_int_linear_ok(x2, qweight, k, group_size, bits):
+    use_kernel = False
+    if path != "dequant":
+        refusal = _kernel_refusal(x2, qweight, k, group_size, bits)
+        if path == "kernel" and refusal:
+            raise ValueError(f"path='kernel': the compiled int{bits} matmul cannot take this call: {refusal}")
+        use_kernel = refusal is None and (path == "kernel" or x2.shape[0] <= QUANT_MATMUL_MAX_M)
+    if use_kernel:
         scale = scale.contiguous()
         zero = None if zero is None else zero.contiguous()
         _C.quant_matmul(_arg(y, "out"), _arg(x2, "x"), _arg(qweight, "qweight"), _arg(scale, "scale"),
@@ -127,15 +165,17 @@ def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None) -> tor
 
 
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor,
-                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x [..., K] @ (qweight int8 [N, K] * scale [N]).T -> [..., N] in x's dtype (written to out if given)."""
-    return _int_linear(x, qweight, scale, None, 0, 8, out)
+                out: Optional[torch.Tensor] = None, path: str = "auto") -> torch.Tensor:
+    """x [..., K] @ (qweight int8 [N, K] * scale [N]).T -> [..., N] in x's dtype (written to out if given).
+    path: "auto", "kernel" or "dequant" (see the top of this module)."""
+    return _int_linear(x, qweight, scale, None, 0, 8, out, path)
 
 
 def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[torch.Tensor],
-                group_size: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """x [..., K] @ dequantize_int4(...).T -> [..., N] in x's dtype (qweight uint8 [N, K/2])."""
-    return _int_linear(x, qweight, scale, zero, group_size, 4, out)
+                group_size: int, out: Optional[torch.Tensor] = None, path: str = "auto") -> torch.Tensor:
+    """x [..., K] @ dequantize_int4(...).T -> [..., N] in x's dtype (qweight uint8 [N, K/2]).
+    path: "auto", "kernel" or "dequant" (see the top of this module)."""
+    return _int_linear(x, qweight, scale, zero, group_size, 4, out, path)
 
 
 def _quantize_fp8(x, weight, residual, eps, out) -> tuple:
