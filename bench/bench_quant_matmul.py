@@ -154,20 +154,23 @@ def run(args) -> dict:
 
 
 def print_rows(result: dict) -> None:
+    """A markdown table (gpu_check.sh collects the lines starting with "|"), then the crossover."""
     print(f"# {result['device']}, torch {result['torch']}, int4 group {result['group_size']}")
-    print(f"{'format':>9} {'path':>14} {'N':>6} {'K':>6} {'M':>6} {'ms':>9} {'TFLOP/s':>8} {'weight GB/s':>11} "
-          f"{'vs dense':>8}")
+    print("| format | path | N | K | M | ms | TFLOP/s | weight GB/s | x dense |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
-        head = f"{r['format']:>9} {r.get('path', '-'):>14} {r['n']:>6} {r['k']:>6} {r['m']:>6}"
+        head = f"| {r['format']} | {r.get('path', '-')} | {r['n']} | {r['k']} | {r['m']} |"
         if "skipped" in r:
-            print(f"{head}  skipped: {r['skipped']}")
+            print(f"{head} skipped: {r['skipped']} | | | |")
             continue
-        print(f"{head} {r['ms']:>9.4f} {r['tflops']:>8.2f} {r['weight_gbps']:>11.1f} {r['speedup_vs_bf16']:>7.2f}x")
+        print(f"{head} {r['ms']:.4f} | {r['tflops']:.2f} | {r['weight_gbps']:.1f} | {r['speedup_vs_bf16']:.2f} |")
     cross = result["crossover"]
-    for key, m in cross.items():
-        if key != "max_m":
-            print(f"{key}: the kernel beats dequant + cuBLAS up to M = {m} (every measured M up to it)")
     if cross["max_m"] is not None:
+        print("\n| format NxK | kernel beats dequant + cuBLAS at every measured M up to |")
+        print("|---|---|")
+        for key, m in cross.items():
+            if key != "max_m":
+                print(f"| {key} | {m} |")
         print(f"faster path at every measured shape: ILLADA_QUANT_MATMUL_MAX_M={cross['max_m']} "
               f"(now {result['quant_matmul_max_m']})")
 

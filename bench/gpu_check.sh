@@ -8,10 +8,10 @@
 #    nvidia-ml-py from .whl/ when pynvml is missing (optional: clocks and power in the results)
 # 2. build: pip install --no-build-isolation --no-deps -e .   (ILLADA_CUDA_ARCHS=90a, MAX_JOBS=16)
 # 3. CUDA tests: pytest python_tests/test_cuda_*.py
-# 4. bench: bench_kernels.py, then bench_generate.py on the iLLaDA-8B and LLaDA-8B shapes (random
-#    weights, bfloat16; a subset of the matrix sized to the budget; iLLaDA-8B quantized to int8, int4
-#    and fp8 where the package quantizes at load), quant_load.py, then bench_quant_matmul.py and
-#    load_test.py when they exist
+# 4. bench, in groups (GPU_CHECK_BENCH, default "kernels,quant,generate,serve"): bench_kernels.py;
+#    bench_quant_matmul.py and quant_load.py; bench_generate.py on the iLLaDA-8B and LLaDA-8B shapes
+#    (random weights, bfloat16; a subset of the matrix sized to the budget), then iLLaDA-8B quantized
+#    to int8, int4 and fp8 (with quant or generate); load_test.py
 # 5. the rest of the suite (-k "not cuda"), last: the CPU CI runs it too
 # 6. summary: one table, also in OUT_DIR/summary.md
 #
@@ -26,6 +26,7 @@ OUT_DIR="${1:-${OUT:-./gpu_check_out}}"
 mkdir -p "$OUT_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-560}"
+BENCH="${GPU_CHECK_BENCH:-kernels,quant,generate,serve}"   # which benchmark groups, in this order
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export ILLADA_CUDA_ARCHS="${ILLADA_CUDA_ARCHS:-90a}" MAX_JOBS="${MAX_JOBS:-16}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" PYTHONUNBUFFERED=1
@@ -59,7 +60,7 @@ ENV_LOG="$OUT_DIR/env.log"
 {
   echo "### gpu_check $(date -u +%FT%TZ) in $(pwd), output $OUT_DIR, budget ${BUDGET_S}s"
   echo "### phase caps (each also capped by the budget left): build 300 s, CUDA tests 170, bench_kernels 90,"
-  echo "### bench_generate 110 + 70 + 80 + 80, quant_load 45, bench_quant_matmul / load_test 60 each, rest of the suite 170"
+  echo "### bench_quant_matmul 60, quant_load 45, bench_generate 110 + 70 + 80 + 80, load_test 60, rest of the suite 170"
   echo "### git: $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(git status --porcelain 2>/dev/null | wc -l) changed files"
   nvidia-smi || echo "nvidia-smi: not available"
   echo "### python: $PY ($("$PY" --version 2>&1))"
@@ -133,27 +134,31 @@ fi
 RESULTS_TMP="$(mktemp -d)"
 if [ "$BUILT" -eq 1 ]; then
   echo "### bench: $(left)s of the budget left" | tee -a "$OUT_DIR/bench.log"
-  run_phase "bench_kernels" 90 bench.log "$PY" bench/bench_kernels.py --device cuda --out "$RESULTS_TMP"
+  wants() { [[ ",$BENCH," == *",$1,"* ]]; }
+  wants kernels && run_phase "bench_kernels" 90 bench.log "$PY" bench/bench_kernels.py --device cuda --out "$RESULTS_TMP"
+  if wants quant; then  # short: before the long generation runs
+    run_phase "bench_quant_matmul" 60 bench.log "$PY" bench/bench_quant_matmul.py --out "$RESULTS_TMP/bench_quant_matmul.json"
+    run_phase "quant_load" 45 bench.log "$PY" bench/quant_load.py --device cuda --layers 4 --out "$RESULTS_TMP"
+  fi
   # bench_generate: whole generations timed with CUDA events (1 warm-up + --repeats); the exact
   # mode's one-token-a-step schedule is timed on 1 step a block (--max-steps 8) and scaled; the
   # reference on 1 step a block, 1 timed run. --time-budget stops starting runs; the cap kills.
   GEN=("$PY" bench/bench_generate.py --device cuda --dtype bfloat16 --block-length 32 --out "$RESULTS_TMP")
-  run_phase "bench_generate iLLaDA-8B exact" 110 bench.log "${GEN[@]}" --synthetic illada-8b --suffix exact \
-    --prompt-len 256,512 --gen-length 256,512 --batch 1,8,32 --max-steps 8 --repeats 2 --time-budget 85
-  run_phase "bench_generate iLLaDA-8B threshold, caches" 70 bench.log "${GEN[@]}" --synthetic illada-8b \
-    --suffix modes --prompt-len 256 --gen-length 256 --batch 1 --schedules steps,threshold \
-    --modes exact,prefix,dual --paths engine --repeats 1 --time-budget 50
-  run_phase "bench_generate LLaDA-8B exact" 80 bench.log "${GEN[@]}" --synthetic llada-8b --suffix exact \
-    --prompt-len 256,512 --gen-length 256,512 --batch 1,8 --max-steps 8 --repeats 2 --time-budget 55
-  run_phase "bench_generate iLLaDA-8B quantized" 80 bench.log "${GEN[@]}" --synthetic illada-8b --suffix quant \
-    --quant int8,int4,fp8 --paths engine --prompt-len 256 --gen-length 256 --batch 1,8 --max-steps 8 \
-    --repeats 2 --time-budget 55
-  run_phase "quant_load" 45 bench.log "$PY" bench/quant_load.py --device cuda --layers 4 --out "$RESULTS_TMP"
-  for extra in bench_quant_matmul load_test; do  # written beside this suite; run with their defaults
-    [ -f "bench/$extra.py" ] || continue
-    OUT_ARG=(); grep -q -- '"--out"' "bench/$extra.py" && OUT_ARG=(--out "$RESULTS_TMP/$extra.json")
-    run_phase "$extra" 60 bench.log "$PY" "bench/$extra.py" ${OUT_ARG[@]+"${OUT_ARG[@]}"}
-  done
+  if wants generate; then
+    run_phase "bench_generate iLLaDA-8B exact" 110 bench.log "${GEN[@]}" --synthetic illada-8b --suffix exact \
+      --prompt-len 256,512 --gen-length 256,512 --batch 1,8,32 --max-steps 8 --repeats 2 --time-budget 85
+    run_phase "bench_generate iLLaDA-8B threshold, caches" 70 bench.log "${GEN[@]}" --synthetic illada-8b \
+      --suffix modes --prompt-len 256 --gen-length 256 --batch 1 --schedules steps,threshold \
+      --modes exact,prefix,dual --paths engine --repeats 1 --time-budget 50
+    run_phase "bench_generate LLaDA-8B exact" 80 bench.log "${GEN[@]}" --synthetic llada-8b --suffix exact \
+      --prompt-len 256,512 --gen-length 256,512 --batch 1,8 --max-steps 8 --repeats 2 --time-budget 55
+  fi
+  if wants quant || wants generate; then
+    run_phase "bench_generate iLLaDA-8B quantized" 80 bench.log "${GEN[@]}" --synthetic illada-8b --suffix quant \
+      --quant int8,int4,fp8 --paths engine --prompt-len 256 --gen-length 256 --batch 1,8 --max-steps 8 \
+      --repeats 2 --time-budget 55
+  fi
+  wants serve && run_phase "load_test" 60 bench.log "$PY" bench/load_test.py --json "$RESULTS_TMP/load_test.json"
   compgen -G "$RESULTS_TMP/*.json" >/dev/null && \
     "$PY" bench/results.py pack "$OUT_DIR/results.json" "$RESULTS_TMP"/*.json
 else
