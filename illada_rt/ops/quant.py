@@ -120,18 +120,23 @@ def dequantize_int4(qweight: torch.Tensor, scale: torch.Tensor, zero: Optional[t
 
 def _kernel_refusal(x2: torch.Tensor, qweight: torch.Tensor, k: int, group_size: int, bits: int):
     """Why the compiled CUDA matmul kernel cannot take this call (its requirements in
-    quant_matmul.h), or None when it can."""
+    quant_matmul.h), or None when it can. Checked in order, the message built only on failure."""
+    if not x2.is_cuda:
+        return "x is not on a CUDA device"
+    if x2.dtype not in (torch.bfloat16, torch.float16):
+        return f"x is {x2.dtype}, not bfloat16 or float16"
+    if not 0 < x2.shape[0] <= QUANT_KERNEL_MAX_M:
+        return f"{x2.shape[0]} rows (it takes 1 to {QUANT_KERNEL_MAX_M})"
     align = _C.quant_matmul_k_align(bits)
-    checks = [
-        (x2.is_cuda, "x is not on a CUDA device"),
-        (x2.dtype in (torch.bfloat16, torch.float16), f"x is {x2.dtype}, not bfloat16 or float16"),
-        (0 < x2.shape[0] <= QUANT_KERNEL_MAX_M, f"{x2.shape[0]} rows (it takes 1 to {QUANT_KERNEL_MAX_M})"),
-        (k % align == 0, f"K = {k} is not a multiple of {align}"),
-        (bits == 8 or group_size % 32 == 0, f"group_size {group_size} is not a multiple of 32"),
-        (x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0, "x rows are not 16-byte aligned"),
-        (qweight.is_contiguous() and qweight.data_ptr() % 16 == 0, "qweight is not contiguous and 16-byte aligned"),
-    ]
-    return next((why for ok, why in checks if not ok), None)
+    if k % align:
+        return f"K = {k} is not a multiple of {align}"
+    if bits == 4 and group_size % 32:
+        return f"group_size {group_size} is not a multiple of 32"
+    if x2.stride(1) != 1 or x2.stride(0) % 8 or x2.data_ptr() % 16:
+        return "x rows are not 16-byte aligned"
+    if not qweight.is_contiguous() or qweight.data_ptr() % 16:
+        return "qweight is not contiguous and 16-byte aligned"
+    return None
 
 
 def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None, path: str = "auto") -> torch.Tensor:
@@ -149,11 +154,11 @@ def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None, path: 
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {(*lead, n)}")
     x2, y = x.reshape(-1, k), _rows(out, "out")
     use_kernel = False
-    if path != "dequant":
+    if path == "kernel" or (path == "auto" and x2.shape[0] <= QUANT_MATMUL_MAX_M):
         refusal = _kernel_refusal(x2, qweight, k, group_size, bits)
         if path == "kernel" and refusal:
             raise ValueError(f"path='kernel': the compiled int{bits} matmul cannot take this call: {refusal}")
-        use_kernel = refusal is None and (path == "kernel" or x2.shape[0] <= QUANT_MATMUL_MAX_M)
+        use_kernel = refusal is None
     if use_kernel:
         scale = scale.contiguous()
         zero = None if zero is None else zero.contiguous()
