@@ -272,9 +272,17 @@ def test_a_crashed_scheduler_fails_everything_and_refuses_more(engines):
     ids, opts = _requests(eng.cfg, 1, seed=13)[0]
     seng = SyncEngine(eng)
     _slow_step(seng, 0.02)
+    sched = seng.scheduler
+    admit = sched._admit
+
+    def broken_admit():   # an internal error outside any request's work, once both requests are in
+        if len(sched._queue) + len(sched._rows) >= 2:
+            raise ZeroDivisionError("broken admission")
+        return admit()
+
     running = seng.stream(ids, **opts)
-    seng.scheduler._admit = lambda: 1 / 0      # an internal error outside any request's work
-    waiting = seng.stream(ids, **opts)
+    sched._admit = broken_admit
+    waiting = seng.stream(ids, **opts)   # submit never fails here: the crash needs this request queued
     for events in (running, waiting):
         with pytest.raises(RuntimeError, match="scheduler stopped after an internal error"):
             list(events)
