@@ -25,10 +25,7 @@ static void rmsnorm(const TensorArg& out, const TensorArg& x, const TensorArg& w
   p.out_stride = out.stride(0); p.x_stride = x.stride(0);
   p.eps = eps; p.dtype = x.dtype;
   if (residual) {
-    expect(*residual, "residual", 2, x.dtype);
-    expect_shape(*residual, "residual", {rows, dim});
-    expect_last_contiguous(*residual, "residual");
-    expect_same_device(*residual, x, "residual", "x");
+    expect_rows_like(*residual, "residual", x, rows, dim);
     p.residual = residual->data();
     p.residual_stride = residual->stride(0);
   }

@@ -123,10 +123,7 @@ void quantize_fp8(const TensorArg& xq, const TensorArg& a_scale, const TensorArg
   }
   if (residual) {
     ILLADA_CHECK(weight != nullptr, "residual is only used with the rmsnorm weight");
-    expect(*residual, "residual", 2, x.dtype);
-    expect_shape(*residual, "residual", {rows, dim});
-    expect_last_contiguous(*residual, "residual");
-    expect_same_device(*residual, x, "residual", "x");
+    expect_rows_like(*residual, "residual", x, rows, dim);
     p.residual = residual->data();
     p.residual_stride = residual->stride(0);
   }

@@ -45,6 +45,15 @@ inline void expect_same_device(const TensorArg& a, const TensorArg& b, const cha
   ILLADA_CHECK(a.cuda == b.cuda, an << " and " << bn << " must be on the same device");
 }
 
+// name is a [rows, cols] matrix like x (its dtype and device) with contiguous rows: the fused
+// residual of the norms, say.
+inline void expect_rows_like(const TensorArg& t, const char* name, const TensorArg& x, int64_t rows, int64_t cols) {
+  expect(t, name, 2, x.dtype);
+  expect_shape(t, name, {rows, cols});
+  expect_last_contiguous(t, name);
+  expect_same_device(t, x, name, "x");
+}
+
 void register_norm(pybind11::module_& m);
 void register_elementwise(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
