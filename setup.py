@@ -2,7 +2,8 @@
 
 Environment:
   ILLADA_CPU_ONLY=1              build without CUDA even where nvcc is found
-  ILLADA_CUDA_ARCHS="80;89;90a"  CUDA architectures
+  ILLADA_CUDA_ARCHS="86;90a"     CUDA architectures (CMake spelling: "86", "86-real", "90-virtual");
+                                 unset: SASS sm_80, sm_89, sm_90a + PTX compute_90 (see CMakeLists.txt)
   MAX_JOBS=N                     parallel compile jobs
 """
 import os
@@ -36,9 +37,12 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DILLADA_CPU_ONLY={'ON' if cpu_only else 'OFF'}",
             "-DCMAKE_BUILD_TYPE=Release",
+            # Always passed, fresh (-U first): an unset variable means CMake's default, not the
+            # choice an earlier build left in the cache.
+            "-UILLADA_CUDA_ARCHS", f"-DILLADA_CUDA_ARCHS={os.environ.get('ILLADA_CUDA_ARCHS', '')}",
         ]
-        if os.environ.get("ILLADA_CUDA_ARCHS"):
-            args.append(f"-DILLADA_CUDA_ARCHS={os.environ['ILLADA_CUDA_ARCHS']}")
+        if shutil.which("ninja"):  # the build dir outlives pip's isolated build env and its ninja
+            args.append(f"-DCMAKE_MAKE_PROGRAM={shutil.which('ninja')}")
         if not shutil.which("nvcc") and os.path.exists("/usr/local/cuda/bin/nvcc"):
             args.append("-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc")
         subprocess.check_call(args)
@@ -48,7 +52,9 @@ class CMakeBuild(build_ext):
         if len(built) != 1:
             raise RuntimeError(f"expected one built _C module in {build_dir}, found {built}")
         os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        shutil.copyfile(os.path.join(build_dir, built[0]), out_path)
+        # A new file renamed into place: processes that loaded the old module keep their copy.
+        shutil.copyfile(os.path.join(build_dir, built[0]), out_path + ".tmp")
+        os.replace(out_path + ".tmp", out_path)
 
 
 setup(ext_modules=[CMakeExtension("illada_rt._C")], cmdclass={"build_ext": CMakeBuild})

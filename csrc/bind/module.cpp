@@ -2,7 +2,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "tensor_arg.h"
 
@@ -15,11 +17,26 @@ namespace py = pybind11;
 #ifndef ILLADA_CUDA_ARCHS
 #define ILLADA_CUDA_ARCHS ""
 #endif
+#ifndef ILLADA_CUDA_SASS
+#define ILLADA_CUDA_SASS ""
+#endif
+#ifndef ILLADA_CUDA_PTX
+#define ILLADA_CUDA_PTX ""
+#endif
 #ifndef ILLADA_NVCC_VERSION
 #define ILLADA_NVCC_VERSION ""
 #endif
 
 namespace {
+
+// "sm_80,sm_89,sm_90a" -> ["sm_80", "sm_89", "sm_90a"]; "" -> [].
+std::vector<std::string> split_commas(const std::string& list) {
+  std::vector<std::string> items;
+  std::istringstream s(list);
+  for (std::string item; std::getline(s, item, ',');)
+    if (!item.empty()) items.push_back(item);
+  return items;
+}
 
 py::dict build_info() {
   py::dict info;
@@ -34,6 +51,9 @@ py::dict build_info() {
   info["cuda_archs"] = std::string();
   info["nvcc_version"] = std::string();
 #endif
+  // Machine code per GPU (sm_90a) and PTX the driver JIT-compiles (compute_90); [] without CUDA.
+  info["cuda_sass"] = split_commas(ILLADA_CUDA_SASS);
+  info["cuda_ptx"] = split_commas(ILLADA_CUDA_PTX);
 #if defined(__clang__)
   info["cxx_compiler"] = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)
@@ -76,7 +96,7 @@ PYBIND11_MODULE(_C, m) {
            }),
            py::arg("ptr"), py::arg("dtype"), py::arg("shape"), py::arg("strides"), py::arg("cuda"))
       .def_property_readonly("shape", [](const illada::TensorArg& t) { return t.shape; });
-  m.def("build_info", &build_info, "What this extension was built with: CUDA, architectures, compilers.");
+  m.def("build_info", &build_info, "What this extension was built with: CUDA, its SASS and PTX targets, compilers.");
   m.def("cuda_devices", &cuda_devices, "(count, reason): CUDA devices visible to the extension's runtime.");
   illada::register_norm(m);
   illada::register_elementwise(m);
