@@ -25,6 +25,10 @@ def _model_args(p: argparse.ArgumentParser):
     p.add_argument("--model", default=DEMO_MODEL_DIR, help="checkpoint directory (default: the bundled demo model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--kernels", default=None,
+                   help="which implementation runs each op family: auto (the compiled kernels where the build "
+                        "has code for the device, else torch), custom, torch, or per family, e.g. "
+                        "attention=torch,remask=custom (default: $ILLADA_KERNELS, else auto)")
     p.add_argument("--quantization", default=None, choices=["int8", "int4", "fp8"],
                    help="quantize the weights while loading (a quantized checkpoint is used as stored)")
     p.add_argument("--group-size", type=int, default=128, help="int4 inputs per scale (default 128)")
@@ -97,7 +101,8 @@ def _load(args):
 
     return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                   progress=show if sys.stderr.isatty() else None, quantization=args.quantization,
-                                  quantize_head=args.quantize_head, group_size=args.group_size)
+                                  quantize_head=args.quantize_head, group_size=args.group_size,
+                                  kernels=args.kernels)
 
 
 def _answer(eng, ids, mask, kwargs) -> str:
@@ -198,6 +203,9 @@ def _info(args) -> int:
     print("build: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     count, reason = ops.cuda_devices()
     print(f"CUDA devices visible: {count}" + (f" ({reason})" if reason else ""))
+    from .device import resolve_device
+    dev = resolve_device(args.device)
+    print(f"kernels on {dev}: {ops.select_kernels(args.kernels, dev).describe()}")
     return 0
 
 

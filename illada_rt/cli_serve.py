@@ -29,6 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda[:N]"')
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--kernels", default=None,
+                   help="which implementation runs each op family: auto (the compiled kernels where the build "
+                        "has code for the device, else torch), custom, torch, or per family, e.g. "
+                        "attention=torch,remask=custom (default: $ILLADA_KERNELS, else auto)")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per batched denoising step (default 16)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
     p.add_argument("--request-timeout", type=float, default=None,
@@ -61,7 +65,7 @@ def run(args) -> int:
         raise ValueError(f"--request-timeout must be positive, got {args.request_timeout}")
     if args.device.startswith("cuda:") and args.device[5:].isdigit() and int(args.device[5:]) < torch.cuda.device_count():
         torch.cuda.set_device(int(args.device[5:]))   # the kernels run on the current device (see device.py)
-    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, kernels=args.kernels)
     aeng = AsyncEngine(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                        request_timeout=args.request_timeout)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))

@@ -85,15 +85,16 @@ class StepBuffers:
         self.k = torch.empty(s.steps_per_block, B, dtype=torch.int64, device=dev)  # [steps, B] block schedule
         # CFG: [2B, L] the canvas, then the canvas with its prompt masked (the unconditional branch)
         self.pair = torch.empty(2 * B, L, dtype=torch.int64, device=dev) if s.cfg_scale > 0 else None
-        # CUDA remask scratch, zeroed once; word 0 turns non-zero (sticky) on non-finite logits
+        # remask scratch, zeroed once; word 0 turns non-zero (sticky) on non-finite logits where the
+        # remask does not raise at once (the CUDA kernel, the torch twin on any device)
         width = max(hi - lo for lo, hi, _ in blocks)
-        self.workspace = ops.remask_workspace(B, width, dev) if canvas.is_cuda else None
+        self.workspace = ops.remask_workspace(B, width, dev)
 
     def check_finite(self, block: int):
-        """Raise if a CUDA remask met non-finite logits (one 8-byte device read)."""
-        if self.workspace is not None and int(self.workspace[0]) != 0:
+        """Raise if a remask met non-finite logits (one 8-byte device read)."""
+        if int(self.workspace[0]) != 0:
             raise RuntimeError(f"remask: logits contain NaN or infinity (the model produced non-finite values; "
-                               f"detected on CUDA at the end of block {block})")
+                               f"detected at the end of block {block})")
 
 
 def scheduled_steps(counts: torch.Tensor, schedule: torch.Tensor) -> int:
@@ -151,11 +152,11 @@ def denoise_steps(model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[to
             if hidden is not None:
                 span.masked_fill_(hidden, hide_id)
             buf.step.fill_(nfe)
-            ops.remask_(cond, canvas, lo, vocab=cfg.vocab_size, mask_id=mask_id, seeds=seeds,
-                        row_offset=row_offset, step=buf.step, uncond=uncond, cfg_scale=s.cfg_scale,
-                        temperature=s.temperature, remasking=s.remasking,
-                        k=None if s.threshold is not None else buf.k[i],
-                        threshold=s.threshold, masks_left=buf.masks_left, workspace=buf.workspace)
+            model.kernels.remask_(cond, canvas, lo, vocab=cfg.vocab_size, mask_id=mask_id, seeds=seeds,
+                                  row_offset=row_offset, step=buf.step, uncond=uncond, cfg_scale=s.cfg_scale,
+                                  temperature=s.temperature, remasking=s.remasking,
+                                  k=None if s.threshold is not None else buf.k[i],
+                                  threshold=s.threshold, masks_left=buf.masks_left, workspace=buf.workspace)
             if hidden is not None:
                 span.masked_fill_(hidden, mask_id)
             nfe += 1

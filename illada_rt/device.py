@@ -1,8 +1,8 @@
-"""Where the engine runs: "cpu", or "cuda[:N]" when the CUDA kernels can run there.
+"""Where the engine runs: "cpu", or "cuda[:N]" when torch can run there.
 
-There is no silent fallback: asking for CUDA where it cannot run raises RuntimeError
-naming every reason (no CUDA build of the extension, no device visible to torch, no
-device visible to the extension's own CUDA runtime, an index past the last device).
+Asking for CUDA where torch sees no device (or an index past the last one) raises RuntimeError
+naming the reason. Whether the compiled CUDA kernels can run there too is the kernel choice's
+question (ops/kernels.py): where they cannot, "auto" runs the torch twins and says why.
 
 Placement of data (see Engine): weights, RoPE tables, the canvas and every per-step
 buffer live on the engine's device; inputs may come from anywhere and are moved there;
@@ -15,24 +15,15 @@ from typing import List, Optional
 
 import torch
 
-from . import ops
-
 
 def cuda_unavailable_reasons(index: Optional[int] = None) -> List[str]:
-    """Why the CUDA kernels cannot run on device `index` (current device when None); [] when they can."""
-    reasons = []
-    if not ops.build_info().get("cuda", False):
-        reasons.append("this build of illada_rt._C has no CUDA kernels (nvcc was not found at build time, or "
-                       "ILLADA_CPU_ONLY=1 was set); rebuild with `pip install -e .` where nvcc is on the PATH")
+    """Why torch cannot run on CUDA device `index` (current device when None); [] when it can."""
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
-        reasons.append(f"torch sees no CUDA device ({build})")
-    count, why = ops.cuda_devices()
-    if count == 0 and ops.build_info().get("cuda", False):
-        reasons.append(f"the extension's CUDA runtime sees no device ({why or 'device count 0'})")
-    if not reasons and index is not None and index >= min(count, torch.cuda.device_count()):
-        reasons.append(f"device index {index} is out of range ({min(count, torch.cuda.device_count())} devices)")
-    return reasons
+        return [f"torch sees no CUDA device ({build})"]
+    if index is not None and index >= torch.cuda.device_count():
+        return [f"device index {index} is out of range ({torch.cuda.device_count()} devices)"]
+    return []
 
 
 def resolve_device(device) -> torch.device:
@@ -51,8 +42,8 @@ def resolve_device(device) -> torch.device:
         raise RuntimeError(f"device {str(device)!r} is unavailable: " + "; ".join(reasons))
     current = torch.cuda.current_device()
     if dev.index is not None and dev.index != current:
-        # The kernels launch on the current device of the extension's own CUDA runtime, which
-        # follows the thread's current device: other devices are reached through set_device.
+        # The compiled kernels launch on the current device of the extension's own CUDA runtime,
+        # which follows the thread's current device: other devices are reached through set_device.
         raise RuntimeError(f"device {str(device)!r}: illada_rt runs on the current CUDA device ({current}); "
                            f"call torch.cuda.set_device({dev.index}) first, then use device='cuda'")
     return torch.device("cuda", current)

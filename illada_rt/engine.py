@@ -27,6 +27,7 @@ from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, deno
 from .device import resolve_device
 from .infill import InfillOutput
 from .model import LLaDAModel
+from .ops import select_kernels
 from .quant.load import load_model
 from .stream import StreamEvent, stream_events
 from .engine_text import TextAPI
@@ -88,6 +89,7 @@ class Engine(TextAPI):
         self._graphs = GraphCache(model) if use_cuda_graphs and model.device.type == "cuda" else None
         self.cfg: ModelConfig = model.cfg
         self.device: torch.device = model.device
+        self.kernels = model.kernels   # per op family: the compiled kernel or its torch twin
         self.model_dir = model_dir
         self._codec = None   # the checkpoint's tokenizer, loaded on first use (engine_text.py)
 
@@ -95,18 +97,25 @@ class Engine(TextAPI):
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
                         dtype: Union[str, torch.dtype] = "float32", progress=None,
                         quantization: Optional[str] = None, quantize_head: bool = False,
-                        group_size: int = 128, use_cuda_graphs: bool = True) -> "Engine":
+                        group_size: int = 128, use_cuda_graphs: bool = True,
+                        kernels: Optional[str] = None) -> "Engine":
         """device: "cpu" or "cuda[:N]" (RuntimeError naming the reason where CUDA cannot run).
         progress: optional callable (tensors loaded, tensors in all), called while loading.
         quantization: None, "int8", "int4" or "fp8": quantize the block matrices (and with
         quantize_head the LM head) while loading, int4 in groups of group_size inputs (see
         quant/). A checkpoint written by illada_rt.quantize loads as stored.
-        use_cuda_graphs: on CUDA, generate() replays captured steps (False: eager, for debugging)."""
+        use_cuda_graphs: on CUDA, generate() replays captured steps (False: eager, for debugging).
+        kernels: which implementation runs each op family (ops/kernels.py): "auto" (the compiled
+        kernels where the extension has code for the device, else the torch twins, with a warning),
+        "custom" (RuntimeError where they cannot run), "torch", or per family, e.g.
+        "attention=torch,remask=custom". None: the ILLADA_KERNELS environment variable, else "auto"."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
         dev = resolve_device(device)
+        kern = select_kernels(kernels, dev)
         cfg = ModelConfig.from_dir(model_dir)
-        model = load_model(model_dir, cfg, torch_dtype, dev, progress, quantization, quantize_head, group_size)
+        model = load_model(model_dir, cfg, torch_dtype, dev, progress, quantization, quantize_head, group_size,
+                           kern)
         return cls(model, model_dir, use_cuda_graphs)
 
     def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -32,8 +32,8 @@ def steps_per_full_block(block_length: int, steps_per_block: int) -> int:
 
 
 def check_finite(st: StepState):
-    """Raise if a CUDA remask met non-finite logits (one 8-byte device read)."""
-    if st.workspace is not None and int(st.workspace[0]) != 0:
+    """Raise if a remask met non-finite logits (one 8-byte device read)."""
+    if int(st.workspace[0]) != 0:
         raise RuntimeError("remask: logits contain NaN or infinity (the model produced non-finite values; "
                            "detected on CUDA at the end of a graph-step generation)")
 
@@ -41,8 +41,7 @@ def check_finite(st: StepState):
 def _progress(st: StepState) -> list:
     """One device read: [blocks done, bound on the current block's remaining steps, error word]."""
     left = torch.where(st.step_in_block == 0, st.block_length, st.masks_left.amax())
-    error = st.workspace[0] if st.workspace is not None else torch.zeros((), dtype=torch.int64, device=left.device)
-    return torch.stack([st.blocks_done, left, error.to(torch.int64)]).tolist()
+    return torch.stack([st.blocks_done, left, st.workspace[0]]).tolist()
 
 
 def run_steps(st: StepState, replay: Callable[[], None], prompt_len: int, gen_length: int,

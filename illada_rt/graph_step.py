@@ -74,7 +74,7 @@ class StepState:
         self.k_table = torch.zeros(B, s.steps_per_block, **i64) if topk else None  # [B, steps] block schedule
         self.k = torch.zeros(B, **i64) if topk else None          # [B] this step's transfer counts
         self.masks_left = torch.zeros(B, **i64)                   # [B] block masks left after the step
-        self.workspace = ops.remask_workspace(B, Lb, dev) if dev.type == "cuda" else None
+        self.workspace = ops.remask_workspace(B, Lb, dev)          # word 0: the sticky non-finite flag
 
     def load(self, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], seeds: torch.Tensor,
              row_offset: torch.Tensor, prompt_len: int):
@@ -94,8 +94,7 @@ class StepState:
             t.zero_()
         if self.k_table is not None:
             self.k_table.zero_()
-        if self.workspace is not None:
-            self.workspace.zero_()
+        self.workspace.zero_()
 
 
 def step_prologue(st: StepState):
@@ -125,10 +124,10 @@ def step_body(st: StepState):
         cond = model.logits(st.canvas, st.key_mask, st.rows)                  # [B, Lb, E]
     # RNG position of block row i: (block_start + i) - row_offset, as the canvas-wide call has it
     torch.sub(st.row_offset, st.block_start, out=st.row_offset_block)
-    ops.remask_(cond, st.block, 0, vocab=model.cfg.vocab_size, mask_id=st.mask_id, seeds=st.seeds,
-                row_offset=st.row_offset_block, step=st.nfe, uncond=uncond, cfg_scale=s.cfg_scale,
-                temperature=s.temperature, remasking=s.remasking, k=st.k, threshold=s.threshold,
-                masks_left=st.masks_left, workspace=st.workspace)
+    model.kernels.remask_(cond, st.block, 0, vocab=model.cfg.vocab_size, mask_id=st.mask_id, seeds=st.seeds,
+                          row_offset=st.row_offset_block, step=st.nfe, uncond=uncond, cfg_scale=s.cfg_scale,
+                          temperature=s.temperature, remasking=s.remasking, k=st.k, threshold=s.threshold,
+                          masks_left=st.masks_left, workspace=st.workspace)
     st.canvas.index_copy_(1, st.rows, st.block)
 
 

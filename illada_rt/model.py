@@ -13,6 +13,7 @@ import torch
 
 from . import ops
 from .config import ModelConfig
+from .ops import Kernels, select_kernels
 from .loader import PREFIX, iter_weights
 from .quant.formats import QuantizedWeight, cat_rows
 from .quant.linear import linear, rmsnorm_into
@@ -39,24 +40,27 @@ def _cat_rows(parts: List[Matrix]) -> Matrix:
 
 class LLaDAModel:
     def __init__(self, cfg: ModelConfig, wte: torch.Tensor, layers: List[LayerWeights], ln_f: torch.Tensor,
-                 head: Matrix):
+                 head: Matrix, kernels: Optional[Kernels] = None):
         self.cfg = cfg
         self.wte, self.layers, self.ln_f, self.head = wte, layers, ln_f, head
         self.dtype, self.device = wte.dtype, wte.device
+        # the op implementations (compiled or torch twin, per family); None: $ILLADA_KERNELS or "auto"
+        self.kernels = select_kernels(None, self.device) if kernels is None else kernels
         # [max_sequence_length, head_dim / 2] float32 each, beside the weights
         self.rope_cos, self.rope_sin = (t.to(self.device) for t in
                                         ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta))
 
     @classmethod
     def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype, progress=None,
-             device: torch.device = torch.device("cpu")) -> "LLaDAModel":
+             device: torch.device = torch.device("cpu"), kernels: Optional[Kernels] = None) -> "LLaDAModel":
         """Stream the weights from a checkpoint directory (see loader.iter_weights) onto `device`,
         tensor by tensor: the host holds one converted tensor at a time, never a second model."""
         named = ((name, t.to(device)) for name, t in iter_weights(model_dir, cfg, dtype, progress))
-        return cls.from_weights(cfg, named)
+        return cls.from_weights(cfg, named, kernels)
 
     @classmethod
-    def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]]) -> "LLaDAModel":
+    def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]],
+                     kernels: Optional[Kernels] = None) -> "LLaDAModel":
         """Pack (public name, tensor) pairs layer by layer as they arrive: a layer's
         tensors are concatenated once all nine are in, so at most one layer is held twice."""
         pending, layers, top = {}, {}, {}
@@ -79,7 +83,8 @@ class LLaDAModel:
             raise ValueError(f"incomplete layers: have {sorted(layers)}, partial {sorted(pending)}")
         # a tied checkpoint may still bring its own (quantized) head: see quant/load.py
         head = top["ff_out.weight"] if "ff_out.weight" in top else top["wte.weight"]
-        return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head)
+        return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head,
+                   kernels)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
                rows: RowSelect, pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
@@ -95,32 +100,32 @@ class LLaDAModel:
         overwrite positions [pos0, pos0 + Lx) and the queries attend to all L cached keys.
         Without it the keys are the rows' own (then x must be the whole sequence, pos0 = 0).
         """
-        cfg = self.cfg
+        cfg, kern = self.cfg, self.kernels
         B, Lx, _ = x.shape
         hd, H, Hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        qkv = linear(h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
+        qkv = linear(kern, h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
-        ops.rope_(k, self.rope_cos, self.rope_sin, position_start=pos0)
+        kern.rope_(k, self.rope_cos, self.rope_sin, position_start=pos0)
         if kv is not None:
             kv[0][:, pos0:pos0 + Lx] = k
             kv[1][:, pos0:pos0 + Lx] = v
             k, v = kv                                            # [B, L, Hkv, hd]
         if isinstance(rows, torch.Tensor):  # [Lq] int64 positions, read on the device (CUDA-graph safe)
             q, x_rows = q.index_select(1, rows - pos0), x.index_select(1, rows - pos0)
-            ops.rope_(q, self.rope_cos.index_select(0, rows), self.rope_sin.index_select(0, rows))
+            kern.rope_(q, self.rope_cos.index_select(0, rows), self.rope_sin.index_select(0, rows))
         else:
             local = slice(0, Lx) if rows is None else slice(rows.start - pos0, rows.stop - pos0)
             if rows is not None:
                 q = q[:, local]
-            ops.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
+            kern.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
             x_rows = x if rows is None else x[:, local].contiguous()
-        att = ops.attention(q, k, v, key_mask)                   # [B, Lq, H, hd]
-        o = linear(att.view(B, -1, cfg.d_model), w.wo)           # [B, Lq, d]
-        h_rows = rmsnorm_into(w.w_gate_up, o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
-        gate_up = linear(h_rows, w.w_gate_up)                    # [B, Lq, 2F]
+        att = kern.attention(q, k, v, key_mask)                  # [B, Lq, H, hd]
+        o = linear(kern, att.view(B, -1, cfg.d_model), w.wo)     # [B, Lq, d]
+        h_rows = rmsnorm_into(kern, w.w_gate_up, o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
+        gate_up = linear(kern, h_rows, w.w_gate_up)              # [B, Lq, 2F]
         f = cfg.mlp_hidden_size
-        act = ops.swiglu(gate_up[..., :f], gate_up[..., f:])
-        return x_rows, linear(act, w.w_down)
+        act = kern.swiglu(gate_up[..., :f], gate_up[..., f:])
+        return x_rows, linear(kern, act, w.w_down)
 
     def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
@@ -129,22 +134,22 @@ class LLaDAModel:
         tokens [B, Lx] are canvas positions [pos0, pos0 + Lx); with a cache they may be a
         slice of the canvas (see _block), without one they are the whole canvas.
         """
-        cfg = self.cfg
-        x = ops.embedding(tokens, self.wte)                      # [B, Lx, d] residual stream
-        h = rmsnorm_into(self.layers[0].wqkv, x, self.layers[0].attn_norm, cfg.rms_norm_eps)
+        cfg, kern = self.cfg, self.kernels
+        x = kern.embedding(tokens, self.wte)                     # [B, Lx, d] residual stream
+        h = rmsnorm_into(kern, self.layers[0].wqkv, x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
             kv = None if cache is None else cache[i]
             x_rows, ffn = self._block(w, x, h, key_mask, rows if i == last else None, pos0, kv)
             if i < last:
-                h = rmsnorm_into(self.layers[i + 1].wqkv, ffn, self.layers[i + 1].attn_norm, cfg.rms_norm_eps,
-                                 residual=x)
-        return ops.rmsnorm(ffn, self.ln_f, cfg.rms_norm_eps, residual=x_rows)
+                h = rmsnorm_into(kern, self.layers[i + 1].wqkv, ffn, self.layers[i + 1].attn_norm,
+                                 cfg.rms_norm_eps, residual=x)
+        return kern.rmsnorm(ffn, self.ln_f, cfg.rms_norm_eps, residual=x_rows)
 
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
         """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows` (see hidden)."""
-        return linear(self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
+        return linear(self.kernels, self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
 
     # ------------------------------------------------------------ block KV cache
 

@@ -32,8 +32,11 @@ def _mulhilo(a: int, b: torch.Tensor):
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on broadcastable int64 tensors holding uint32 values."""
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=torch.int64) for t in (c0, c1, c2, c3, k0, k1)))
+    """Philox4x32-10 on broadcastable int64 tensors (or ints) holding uint32 values, computed on
+    the device of the tensors among them."""
+    device = next((t.device for t in (c0, c1, c2, c3, k0, k1) if isinstance(t, torch.Tensor)), None)
+    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(
+        *(torch.as_tensor(t, dtype=torch.int64, device=device) for t in (c0, c1, c2, c3, k0, k1)))
     c0, c1, c2, c3 = (t & _U32 for t in (c0, c1, c2, c3))
     k0, k1 = k0 & _U32, k1 & _U32
     for r in range(10):
@@ -56,14 +59,16 @@ def seed_key(seeds: torch.Tensor):
 
 
 def gumbel_uniforms(seeds, positions, step, vocab: int) -> torch.Tensor:
-    """u[b, i, v] for seeds [B], positions [B, L], step [B] -> float64 [B, L, V]."""
-    v = torch.arange(vocab, dtype=torch.int64)
+    """u[b, i, v] for seeds [B], positions [B, L], step [B] -> float64 [B, L, V] on seeds' device.
+
+    Vocabulary entry v takes word v % 4 of the counter c0 = v // 4: one Philox call serves four entries.
+    """
+    quads = torch.arange((vocab + 3) // 4, dtype=torch.int64, device=seeds.device)   # c0 values
     k0, k1 = seed_key(seeds)
-    words = philox4x32(v[None, None, :] >> 2, positions[:, :, None], step[:, None, None], GUMBEL,
+    words = philox4x32(quads[None, None, :], positions[:, :, None], step[:, None, None], GUMBEL,
                        k0[:, None, None], k1[:, None, None])
-    word = torch.stack(words, dim=-1)
-    picked = torch.gather(word, -1, (v & 3).expand(word.shape[:-1])[..., None]).squeeze(-1)
-    return uniform(picked)
+    word = torch.stack(words, dim=-1).flatten(-2)[..., :vocab]    # [B, L, 4 * quads] -> [B, L, V]
+    return uniform(word)
 
 
 def remask_uniforms(seeds, positions, step) -> torch.Tensor:

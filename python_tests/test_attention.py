@@ -49,7 +49,7 @@ def left_padding_mask(B, Lk):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_attention(dtype, case, masked):
+def test_attention(kernels, dtype, case, masked):
     B, Lq, Lk, H, Hkv, D = case
     g = generator(dtype, case, masked)
     q = torch.randn(B, Lq, H, D, generator=g).to(dtype)
@@ -57,14 +57,14 @@ def test_attention(dtype, case, masked):
     v = torch.randn(B, Lk, Hkv, D, generator=g).to(dtype)
     key_mask = left_padding_mask(B, Lk) if masked else None
     out = torch.full_like(q, float("nan"))
-    result = ops.attention(q, k, v, key_mask, out=out)
+    result = kernels.attention(q, k, v, key_mask, out=out)
     assert result.data_ptr() == out.data_ptr()
     assert_matches(out, q, k, v, key_mask)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,D", [(4, 2, 64), (6, 3, 16), (8, 1, 128), (3, 3, 16)])
-def test_attention_fused_qkv(dtype, heads, kv_heads, D):
+def test_attention_fused_qkv(kernels, dtype, heads, kv_heads, D):
     # q, k, v: head slices of one fused projection [B, L, H + 2 Hkv, D]; out a slice of a wider buffer.
     g = generator(dtype, heads, kv_heads, D)
     B, L = 2, 19
@@ -72,13 +72,13 @@ def test_attention_fused_qkv(dtype, heads, kv_heads, D):
     q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
     wide = torch.full((B, L, heads + 1, D), float("nan"), dtype=dtype)
     key_mask = left_padding_mask(B, L)
-    ops.attention(q, k, v, key_mask, out=wide[:, :, 1:])
+    kernels.attention(q, k, v, key_mask, out=wide[:, :, 1:])
     assert_matches(wide[:, :, 1:], q, k, v, key_mask)
     assert wide[:, :, 0].isnan().all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_query_rows_slice(dtype):
+def test_attention_query_rows_slice(kernels, dtype):
     # seq_q != seq_k: the queries are rows [5, 5 + 19) of a longer sequence, attending to all 99 keys.
     g = generator(dtype, "rows")
     B, L, H, Hkv, D = 2, 99, 6, 3, 64
@@ -87,15 +87,15 @@ def test_attention_query_rows_slice(dtype):
     v = torch.randn(B, L, Hkv, D, generator=g).to(dtype)
     q = q_all[:, 5:24]
     key_mask = left_padding_mask(B, L)
-    out = ops.attention(q, k, v, key_mask)
+    out = kernels.attention(q, k, v, key_mask)
     assert out.shape == q.shape
     assert_matches(out, q, k, v, key_mask)
-    full = ops.attention(q_all, k, v, key_mask)
+    full = kernels.attention(q_all, k, v, key_mask)
     assert torch.equal(out, full[:, 5:24])  # each query row is computed on its own
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_all_masked_row_gives_zeros(dtype):
+def test_attention_all_masked_row_gives_zeros(kernels, dtype):
     g = generator(dtype, "all-masked")
     B, Lq, Lk, H, Hkv, D = 3, 7, 19, 4, 2, 16
     q = torch.randn(B, Lq, H, D, generator=g).to(dtype)
@@ -103,31 +103,31 @@ def test_attention_all_masked_row_gives_zeros(dtype):
     v = torch.randn(B, Lk, Hkv, D, generator=g).to(dtype)
     key_mask = left_padding_mask(B, Lk)
     key_mask[1] = False  # sequence 1 has no key at all
-    out = ops.attention(q, k, v, key_mask, out=torch.full_like(q, float("nan")))
+    out = kernels.attention(q, k, v, key_mask, out=torch.full_like(q, float("nan")))
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     keep = [0, 2]
     assert_matches(out[keep], q[keep], k[keep], v[keep], key_mask[keep])
 
 
-def test_attention_single_key_copies_v():
+def test_attention_single_key_copies_v(kernels):
     # One unmasked key: softmax weight exactly 1, so out = v of that key, in every dtype exactly.
     for dtype in DTYPES:
         q, k, v = (torch.randn(2, 5, 4, 16).to(dtype) for _ in range(3))
         key_mask = torch.zeros(2, 5, dtype=torch.bool)
         key_mask[0, 3] = key_mask[1, 0] = True
-        out = ops.attention(q, k, v, key_mask)
+        out = kernels.attention(q, k, v, key_mask)
         assert torch.equal(out[0], v[0, 3:4].expand(5, 4, 16))
         assert torch.equal(out[1], v[1, 0:1].expand(5, 4, 16))
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.0])
-def test_attention_explicit_scale(scale):
+def test_attention_explicit_scale(kernels, scale):
     g = generator("scale", scale)
     B, L, H, Hkv, D = 2, 19, 4, 2, 64
     q = torch.randn(B, L, H, D, generator=g)
     k = torch.randn(B, L, Hkv, D, generator=g)
     v = torch.randn(B, L, Hkv, D, generator=g)
-    out = ops.attention(q, k, v, scale=scale)
+    out = kernels.attention(q, k, v, scale=scale)
     # reference.attention divides by sqrt(D): pre-scale q so that its scale becomes `scale`.
     expected = expected_attention(q.double() * (scale * math.sqrt(D)), k.double(), v.double(), None)
     torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
@@ -157,7 +157,7 @@ def attention_args(**bad):
     dict(q=torch.randn(2, 5, 64)),                                   # not 4-D
     dict(q=torch.ones(2, 5, 4, 16, dtype=torch.int64)),              # not a float dtype
 ])
-def test_attention_bad_input(bad):
+def test_attention_bad_input(kernels, bad):
     a = attention_args(**bad)
     with pytest.raises(ValueError):
-        ops.attention(a["q"], a["k"], a["v"], a["key_mask"], out=a["out"])
+        kernels.attention(a["q"], a["k"], a["v"], a["key_mask"], out=a["out"])

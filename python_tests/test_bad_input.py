@@ -6,7 +6,7 @@ KW = dict(steps=8, gen_length=16, block_length=8)
 
 
 @pytest.fixture(scope="module")
-def eng(engines):
+def eng(engines, kernel_impl):
     return engines["llada"][0]
 
 

@@ -17,7 +17,7 @@ def run(*args, stdin=None):
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
+def text_dir(tmp_path_factory, kernel_impl):
     path = str(tmp_path_factory.mktemp("cli_text"))
     write_text_checkpoint(path)
     return path
@@ -55,10 +55,20 @@ def test_chat_without_template_is_an_error(tmp_path):
     assert r.returncode == 2 and "no chat template" in r.stderr
 
 
-def test_info(text_dir):
+def test_info(text_dir, kernel_impl):
     r = run("info", "--model", text_dir)
     assert r.returncode == 0, r.stderr
     assert "parameters:" in r.stdout and "build: cuda=" in r.stdout
+    assert f"kernels on cpu: {kernel_impl}" in r.stdout              # ILLADA_KERNELS of this test pass
+    r = run("info", "--model", text_dir, "--kernels", "attention=torch")
+    assert "attention=torch" in r.stdout and "remask=custom" in r.stdout
+
+
+def test_kernels_option_gives_the_same_answer(text_dir):
+    """--kernels picks the op implementations; in float32 on the CPU both give the same tokens."""
+    answers = {impl: run("generate", "w1 w2", "--model", text_dir, "--kernels", impl, *GEN) for impl in ("custom", "torch")}
+    assert all(r.returncode == 0 for r in answers.values()), answers
+    assert answers["custom"].stdout == answers["torch"].stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -67,6 +77,7 @@ def test_info(text_dir):
     (["generate", "w1", "--dtype", "float64"], "invalid choice"),
     (["generate", "w1", "--steps", "x"], "invalid int value"),
     (["generate", "w1", "--threshold", "2"], "threshold"),
+    (["generate", "w1", "--kernels", "attention=gpu"], "bad part: 'attention=gpu'"),
     (["info"], None),
 ])
 def test_bad_arguments_exit_nonzero_with_one_line(text_dir, args, message):

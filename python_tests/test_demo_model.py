@@ -7,7 +7,7 @@ from illada_rt import DEMO_MODEL_DIR, Engine, ModelConfig
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo(kernel_impl):
     return Engine.from_pretrained(DEMO_MODEL_DIR)
 
 

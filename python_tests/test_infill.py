@@ -8,7 +8,7 @@ from illada_rt import Engine, reference_tasks
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
+def text_model(tmp_path_factory, kernel_impl):
     path = tmp_path_factory.mktemp("infill_text")
     write_text_checkpoint(str(path))
     return Engine.from_pretrained(str(path))

@@ -20,7 +20,7 @@ GROUP = 16
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(tmp_path_factory, kernel_impl):
     out = {}
     for layout in ("llada", "illada"):
         path = str(tmp_path_factory.mktemp(f"qsrc_{layout}"))

@@ -106,12 +106,12 @@ TOL = {(torch.float32, "int8"): 1e-5, (torch.float32, "int4"): 1e-5, (torch.floa
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m", [1, 5, 67])
 @pytest.mark.parametrize("n,k", SHAPES)
-def test_quantized_linear_matches_dequantized_reference(fmt, dtype, m, n, k):
+def test_quantized_linear_matches_dequantized_reference(kernels, fmt, dtype, m, n, k):
     g = torch.Generator().manual_seed(m * n + k)
     qw = quantize_weight(weight(n, k, m + n), fmt, group_size=32)
     x = torch.randn(2, m, k, generator=g).to(dtype)
     ref = reference_linear(x, qw).float()
-    out = quantized_linear(x, qw)
+    out = quantized_linear(kernels, x, qw)
     assert out.shape == (2, m, n) and out.dtype == dtype
     assert (out.float() - ref).abs().max() <= TOL[dtype, fmt] * ref.abs().max()
     if fmt != "fp8":   # weight-only formats: exactly x @ dequantize(w).T up to float rounding
@@ -120,11 +120,11 @@ def test_quantized_linear_matches_dequantized_reference(fmt, dtype, m, n, k):
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])
-def test_quantized_linear_strided_input(fmt):
+def test_quantized_linear_strided_input(kernels, fmt):
     qw = quantize_weight(weight(19, 64, 9), fmt, group_size=32)
     x = torch.randn(6, 128)[:, ::2]                         # [6, 64], stride 2
     assert not x.is_contiguous()
-    out = quantized_linear(x, qw)
+    out = quantized_linear(kernels, x, qw)
     ref = reference_linear(x.contiguous(), qw)
     assert (out - ref).abs().max() <= TOL[torch.float32, fmt] * ref.abs().max()
 
@@ -138,25 +138,25 @@ def test_fp8_activation_is_quantized_per_token():
 
 
 @pytest.mark.parametrize("fmt,kernel", sorted(qlinear.KERNELS.items()))
-def test_dispatch_calls_the_kernel_with_2d_contiguous_input(monkeypatch, fmt, kernel):
+def test_dispatch_calls_the_kernel_with_2d_contiguous_input(kernels, monkeypatch, fmt, kernel):
     calls = []
 
     def fake(x, qweight, scale, *rest):
         calls.append((tuple(x.shape), x.is_contiguous(), rest))
         return torch.full((x.shape[0], qweight.shape[0]), 7.0, dtype=x.dtype)
 
-    monkeypatch.setattr(ops, kernel, fake, raising=False)
+    monkeypatch.setattr(kernels, kernel, fake)
     qw = quantize_weight(weight(19, 64, 1), fmt, group_size=32)
-    out = quantized_linear(torch.randn(3, 5, 128)[..., ::2], qw)
+    out = quantized_linear(kernels, torch.randn(3, 5, 128)[..., ::2], qw)
     assert out.shape == (3, 5, 19) and torch.all(out == 7.0)
     shape, contiguous, rest = calls[0]
     assert shape == (15, 64) and contiguous
     assert rest == ((qw.zero, 32) if fmt == "int4" else ())
 
 
-def test_linear_keeps_dense_weights_on_torch():
+def test_linear_keeps_dense_weights_on_torch(kernels):
     x, w = torch.randn(3, 8), torch.randn(5, 8)
-    assert torch.equal(linear(x, w), torch.nn.functional.linear(x, w))
+    assert torch.equal(linear(kernels, x, w), torch.nn.functional.linear(x, w))
     assert isinstance(quantize_weight(w, "int8"), QuantizedWeight)
 
 
@@ -164,7 +164,7 @@ def test_linear_keeps_dense_weights_on_torch():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_norm_fused_fp8_activation_equals_norm_then_linear(dtype, with_residual):
+def test_norm_fused_fp8_activation_equals_norm_then_linear(kernels, dtype, with_residual):
     from illada_rt.quant.linear import Fp8Activation, rmsnorm_into
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 7, 64, generator=g).to(dtype)
@@ -172,19 +172,19 @@ def test_norm_fused_fp8_activation_equals_norm_then_linear(dtype, with_residual)
     res = torch.randn(2, 7, 64, generator=g).to(dtype) if with_residual else None
     qw = quantize_weight(weight(19, 64, 12), "fp8")
     res_a = None if res is None else res.clone()
-    act = rmsnorm_into(qw, x, norm_w, 1e-5, residual=res_a)
+    act = rmsnorm_into(kernels, qw, x, norm_w, 1e-5, residual=res_a)
     assert isinstance(act, Fp8Activation) and act.xq.shape == (2, 7, 64) and act.a_scale.shape == (2, 7)
-    got = linear(act, qw)
+    got = linear(kernels, act, qw)
     res_b = None if res is None else res.clone()
-    want = reference_linear(ops.rmsnorm(x, norm_w, 1e-5, residual=res_b), qw)
+    want = reference_linear(kernels.rmsnorm(x, norm_w, 1e-5, residual=res_b), qw)
     assert got.shape == (2, 7, 19) and got.dtype == dtype
     assert (got.float() - want.float()).abs().max() <= TOL[dtype, "fp8"] * want.float().abs().max()
     if res is not None:
-        assert torch.equal(res_a, res_b)                       # residual += x, as ops.rmsnorm does
-    dense = rmsnorm_into(quantize_weight(weight(19, 64, 12), "int8"), x, norm_w, 1e-5)
-    assert torch.equal(dense, ops.rmsnorm(x, norm_w, 1e-5))   # other weights get the plain norm
+        assert torch.equal(res_a, res_b)                       # residual += x, as kernels.rmsnorm does
+    dense = rmsnorm_into(kernels, quantize_weight(weight(19, 64, 12), "int8"), x, norm_w, 1e-5)
+    assert torch.equal(dense, kernels.rmsnorm(x, norm_w, 1e-5))   # other weights get the plain norm
     with pytest.raises(ValueError, match="need an fp8 weight"):
-        linear(act, quantize_weight(weight(19, 64, 12), "int8"))
+        linear(kernels, act, quantize_weight(weight(19, 64, 12), "int8"))
 
 
 @pytest.mark.parametrize("fmt", ["int8", "int4", "fp8"])

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason=
 
 
 @pytest.fixture(scope="module")
-def loads(tmp_path_factory):
+def loads(tmp_path_factory, kernel_impl):
     out = tmp_path_factory.mktemp("quant_load") / "load.json"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quant_load.py"), "--layers", "4",

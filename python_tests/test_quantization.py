@@ -20,7 +20,7 @@ FORMATS = ["int8", "int4", "fp8"]
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, kernel_impl):
     out = {}
     for layout in ("llada", "illada"):
         path = str(tmp_path_factory.mktemp(f"quant_{layout}"))

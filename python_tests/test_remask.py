@@ -59,8 +59,8 @@ def expected_step(logits, tokens, block_start, *, vocab, mask_id, seeds, row_off
     return after, torch.where(masked, x0, -1), confidence, (masked & ~transfer).sum(1)
 
 
-def run_step(case, **options):
-    """ops.remask_ on a copy of the tokens with poisoned optional outputs; returns (tokens, x0, conf, left)."""
+def run_step(kernels, case, **options):
+    """kernels.remask_ on a copy of the tokens with poisoned optional outputs; returns (tokens, x0, conf, left)."""
     c = dict(case)
     tokens, logits = c.pop("tokens").clone(), c.pop("logits")
     block_start = c.pop("block_start")
@@ -68,14 +68,14 @@ def run_step(case, **options):
     x0 = torch.full((B, Lb), -7, dtype=torch.int64)
     conf = torch.full((B, Lb), float("nan"), dtype=torch.float64)
     left = torch.full((B,), -7, dtype=torch.int64)
-    result = ops.remask_(logits, tokens, block_start, x0=x0, conf=conf, masks_left=left, **c, **options)
+    result = kernels.remask_(logits, tokens, block_start, x0=x0, conf=conf, masks_left=left, **c, **options)
     assert result is tokens
     return tokens, x0, conf, left
 
 
-def check_step(case, conf_tol=1e-12, **options):
+def check_step(kernels, case, conf_tol=1e-12, **options):
     """Kernel vs reference: tokens and x0 exactly, conf to conf_tol, masks_left exactly."""
-    got = run_step(case, **options)
+    got = run_step(kernels, case, **options)
     exp = expected_step(case["logits"], case["tokens"], case["block_start"], vocab=case["vocab"],
                         mask_id=case["mask_id"], seeds=case["seeds"], row_offset=case["row_offset"],
                         step=case["step"], **options)
@@ -109,21 +109,21 @@ GRID = [  # (B, Lb, vocab, pad_cols, block_start)
 @pytest.mark.parametrize("B,Lb,vocab,pad_cols,block_start", GRID)
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
-def test_remask_topk(dtype, B, Lb, vocab, pad_cols, block_start, temperature, remasking):
+def test_remask_topk(kernels, dtype, B, Lb, vocab, pad_cols, block_start, temperature, remasking):
     g = generator(dtype, B, Lb, vocab, pad_cols, block_start, temperature, remasking)
     case = make_step(g, B=B, Lb=Lb, vocab=vocab, pad_cols=pad_cols, block_start=block_start, dtype=dtype)
     k = torch.randint(0, 5, (B,), generator=g)  # differs per sequence, 0 included
-    check_step(case, temperature=temperature, remasking=remasking, k=k)
+    check_step(kernels, case, temperature=temperature, remasking=remasking, k=k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.9, 1.0])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_remask_threshold(dtype, threshold, temperature):
+def test_remask_threshold(kernels, dtype, threshold, temperature):
     g = generator(dtype, threshold, temperature)
     # logit_scale 6: confidences spread over (0, 1], so a threshold keeps some rows and drops others
     case = make_step(g, B=4, Lb=19, vocab=120, pad_cols=2, dtype=dtype, logit_scale=6.0)
-    tokens, *_ = check_step(case, temperature=temperature, threshold=threshold)
+    tokens, *_ = check_step(kernels, case, temperature=temperature, threshold=threshold)
     block = slice(case["block_start"], case["block_start"] + 19)
     masked_before = (case["tokens"][:, block] == case["mask_id"]).sum(1)
     transferred = (tokens[:, block] != case["tokens"][:, block]).sum(1)
@@ -135,17 +135,17 @@ def test_remask_threshold(dtype, threshold, temperature):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg_scale", [0.5, 1.0, 2.0, 0.18, 1.3])
 @pytest.mark.parametrize("temperature", [0.0, 0.5])
-def test_remask_cfg(dtype, cfg_scale, temperature):
+def test_remask_cfg(kernels, dtype, cfg_scale, temperature):
     # l = un + (s + 1) * (cond - un) in float32, as reference.generate combines its two branches.
     # 0.18 and 1.3: s + 1 is not a float32; for 0.18, float32(float32(s) + 1) != float32(s + 1).
     g = generator(dtype, cfg_scale, temperature)
     case = make_step(g, B=3, Lb=11, vocab=200, pad_cols=4, dtype=dtype)
     uncond = (torch.randn(case["logits"].shape, generator=g) * 3).to(dtype)
-    check_step(case, uncond=uncond, cfg_scale=cfg_scale, temperature=temperature, k=torch.tensor([2, 5, 1]))
+    check_step(kernels, case, uncond=uncond, cfg_scale=cfg_scale, temperature=temperature, k=torch.tensor([2, 5, 1]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_remask_strided_logits_and_tokens(dtype):
+def test_remask_strided_logits_and_tokens(kernels, dtype):
     # logits: the block's rows of full-sequence logits [B, T, V]; tokens: a column slice of a wider buffer.
     g = generator(dtype, "strided")
     case = make_step(g, B=3, Lb=7, vocab=90, block_start=6, dtype=dtype)
@@ -157,7 +157,7 @@ def test_remask_strided_logits_and_tokens(dtype):
     expected = expected_step(case["logits"], case["tokens"], 6, vocab=90, mask_id=case["mask_id"],
                              seeds=case["seeds"], row_offset=case["row_offset"], step=case["step"],
                              temperature=0.5, k=torch.tensor([3, 1, 2]))[0]
-    ops.remask_(case["logits"], wide[:, 2: 2 + T], 6, vocab=90, mask_id=case["mask_id"], seeds=case["seeds"],
+    kernels.remask_(case["logits"], wide[:, 2: 2 + T], 6, vocab=90, mask_id=case["mask_id"], seeds=case["seeds"],
                 row_offset=case["row_offset"], step=case["step"], temperature=0.5, k=torch.tensor([3, 1, 2]))
     assert torch.equal(wide[:, 2: 2 + T], expected)
     assert (wide[:, :2] == -5).all() and (wide[:, 2 + T:] == -5).all()
@@ -167,33 +167,33 @@ def test_remask_strided_logits_and_tokens(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("temperature", [0.0, 2.0])
-def test_remask_never_predicts_mask_or_padding(dtype, temperature):
+def test_remask_never_predicts_mask_or_padding(kernels, dtype, temperature):
     g = generator(dtype, temperature, "mask")
     case = make_step(g, B=2, Lb=9, vocab=60, pad_cols=6, dtype=dtype, masked_frac=1.0)
     logits = case["logits"].float()
     logits[..., case["mask_id"]] = 60.0   # the largest vocabulary logit everywhere
     logits[..., 60:] = 1e4                # padded columns larger still
     case["logits"] = logits.to(dtype)
-    tokens, x0, conf, _ = check_step(case, temperature=temperature, k=torch.tensor([9, 9]))
+    tokens, x0, conf, _ = check_step(kernels, case, temperature=temperature, k=torch.tensor([9, 9]))
     assert not (tokens[:, 4:13] == case["mask_id"]).any()  # all 9 rows transferred, none to [MASK]
     assert (conf < 1e-6).all()                            # the softmax still counts [MASK]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_remask_unmasked_rows_untouched(dtype):
+def test_remask_unmasked_rows_untouched(kernels, dtype):
     # Sequence 0 has no masked row left in the block, sequence 1 one, sequence 2 several.
     g = generator(dtype, "unmasked")
     case = make_step(g, B=3, Lb=8, vocab=70, dtype=dtype, masked_frac=0.0)
     bs, m = case["block_start"], case["mask_id"]
     case["tokens"][1, bs + 5] = m
     case["tokens"][2, [bs + 1, bs + 2, bs + 6]] = m
-    tokens, x0, conf, left = check_step(case, k=torch.tensor([4, 4, 2]))
+    tokens, x0, conf, left = check_step(kernels, case, k=torch.tensor([4, 4, 2]))
     assert torch.equal(left, torch.tensor([0, 0, 1]))
     assert (x0[0] == -1).all() and (conf[0] == NEG_INF).all()
     assert torch.equal(x0[1] >= 0, torch.arange(8) == 5)
 
 
-def test_remask_tie_break_lower_position_first():
+def test_remask_tie_break_lower_position_first(kernels):
     # Every masked row has the same logits, hence the same confidence: lower positions go first.
     B, Lb, vocab, m = 2, 9, 50, 7
     tokens = torch.full((B, 3 + Lb), m, dtype=torch.int64)
@@ -203,50 +203,50 @@ def test_remask_tie_break_lower_position_first():
     logits = row.expand(B, Lb, vocab).contiguous()
     args = dict(vocab=vocab, mask_id=m, seeds=torch.tensor([1, 2]), row_offset=torch.zeros(B, dtype=torch.int64),
                 step=torch.zeros(B, dtype=torch.int64))
-    top = ops.remask_(logits, tokens.clone(), 3, k=torch.tensor([3, 3]), **args)
+    top = kernels.remask_(logits, tokens.clone(), 3, k=torch.tensor([3, 3]), **args)
     best = int(torch.where(torch.arange(vocab) == m, NEG_INF, row).argmax())
     assert torch.equal(top[0, 3:] != m, torch.arange(Lb) < 3)
     assert torch.equal(top[1, 3:] != m, torch.arange(Lb) < 4)  # rows 0, 2, 3 transferred, row 1 was not masked
     assert (top[0, 3:6] == best).all() and top[1, 4] == 4
     # threshold above the shared confidence: only the single most confident row, the first
-    one = ops.remask_(logits, tokens.clone(), 3, threshold=1.0, **args)
+    one = kernels.remask_(logits, tokens.clone(), 3, threshold=1.0, **args)
     assert torch.equal(one[0, 3:] != m, torch.arange(Lb) == 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
-def test_remask_row_offset_left_padding(dtype, remasking):
+def test_remask_row_offset_left_padding(kernels, dtype, remasking):
     # A sequence left-padded by 3 draws the same noise as the unpadded one: positions exclude padding.
     g = generator(dtype, remasking, "offset")
     case = make_step(g, B=1, Lb=10, vocab=150, block_start=5, dtype=dtype)
     options = dict(temperature=1.5, remasking=remasking, k=torch.tensor([4]))
-    plain = check_step(case, **options)
+    plain = check_step(kernels, case, **options)
     padded = dict(case, tokens=torch.cat([torch.full((1, 3), 0), case["tokens"]], 1), block_start=8,
                   row_offset=torch.tensor([3]))
-    shifted = check_step(padded, **options)
+    shifted = check_step(kernels, padded, **options)
     assert torch.equal(shifted[0][:, 3:], plain[0])
     for a, b in zip(shifted[1:], plain[1:]):
         assert torch.equal(a, b)
     # and the noise matters: without the offset the padded row would draw other numbers
-    other = run_step(dict(padded, row_offset=torch.tensor([0])), **options)
+    other = run_step(kernels, dict(padded, row_offset=torch.tensor([0])), **options)
     assert not torch.equal(other[2], plain[2])
 
 
-def test_remask_noise_depends_on_seed_and_step():
+def test_remask_noise_depends_on_seed_and_step(kernels):
     g = generator("seed-step")
     case = make_step(g, B=1, Lb=19, vocab=200, masked_frac=1.0, logit_scale=0.5)
     options = dict(temperature=5.0, k=torch.tensor([19]))
-    base = check_step(case, **options)[1]
-    assert not torch.equal(check_step(dict(case, seeds=case["seeds"] + 2**32), **options)[1], base)  # seed hi word
-    assert not torch.equal(check_step(dict(case, step=case["step"] + 1), **options)[1], base)
+    base = check_step(kernels, case, **options)[1]
+    assert not torch.equal(check_step(kernels, dict(case, seeds=case["seeds"] + 2**32), **options)[1], base)  # seed hi word
+    assert not torch.equal(check_step(kernels, dict(case, step=case["step"] + 1), **options)[1], base)
 
 
-def test_remask_allocation_free_call_without_outputs():
+def test_remask_allocation_free_call_without_outputs(kernels):
     g = generator("plain")
     case = make_step(g, B=2, Lb=5, vocab=64)
     c = dict(case)
     tokens = c.pop("tokens").clone()
-    ops.remask_(c.pop("logits"), tokens, c.pop("block_start"), k=torch.tensor([2, 1]), **c)
+    kernels.remask_(c.pop("logits"), tokens, c.pop("block_start"), k=torch.tensor([2, 1]), **c)
     expected = expected_step(case["logits"], case["tokens"], case["block_start"], vocab=64, mask_id=case["mask_id"],
                              seeds=case["seeds"], row_offset=case["row_offset"], step=case["step"],
                              k=torch.tensor([2, 1]))[0]
@@ -257,24 +257,24 @@ def test_remask_allocation_free_call_without_outputs():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_remask_non_finite_logits_raise(dtype, bad):
+def test_remask_non_finite_logits_raise(kernels, dtype, bad):
     g = generator(dtype, bad, "nonfinite")
     case = make_step(g, B=2, Lb=6, vocab=80, dtype=dtype, masked_frac=1.0)
     case["logits"][1, 4, 17] = bad
     tokens = case["tokens"].clone()
     with pytest.raises(RuntimeError):
-        ops.remask_(case["logits"], tokens, case["block_start"], vocab=80, mask_id=case["mask_id"],
+        kernels.remask_(case["logits"], tokens, case["block_start"], vocab=80, mask_id=case["mask_id"],
                     seeds=case["seeds"], row_offset=case["row_offset"], step=case["step"], k=torch.tensor([1, 1]))
     assert torch.equal(tokens, case["tokens"])
 
 
-def test_remask_non_finite_logits_of_unmasked_rows_are_not_read():
+def test_remask_non_finite_logits_of_unmasked_rows_are_not_read(kernels):
     # Only masked rows are chosen from; the reference likewise gives unmasked rows confidence -inf.
     g = generator("nonfinite-unmasked")
     case = make_step(g, B=2, Lb=6, vocab=80, masked_frac=1.0)
     case["tokens"][1, case["block_start"] + 4] = 3
     case["logits"][1, 4, 17] = float("nan")
-    check_step(case, k=torch.tensor([2, 2]))
+    check_step(kernels, case, k=torch.tensor([2, 2]))
 
 
 def remask_args(**bad):
@@ -316,10 +316,10 @@ def remask_args(**bad):
     dict(masks_left=torch.empty(2, dtype=torch.int32)),
     dict(masks_left=torch.empty(3, dtype=torch.int64)),
 ])
-def test_remask_bad_input(bad):
+def test_remask_bad_input(kernels, bad):
     args = remask_args(**bad)
     tokens = args.pop("tokens")
     before = tokens.clone()
     with pytest.raises(ValueError):
-        ops.remask_(args.pop("logits"), tokens, args.pop("block_start"), **args)
+        kernels.remask_(args.pop("logits"), tokens, args.pop("block_start"), **args)
     assert torch.equal(tokens, before)  # a refused call writes nothing

@@ -49,12 +49,12 @@ def assert_matches(out, x, w, eps):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("eps", [1e-5, 1e-6])
-def test_rmsnorm(dtype, shape, layout, eps):
+def test_rmsnorm(kernels, dtype, shape, layout, eps):
     g = generator(dtype, shape, layout, eps)
     x = rand(g, shape, dtype, layout, scale=2.0, shift=0.5)          # [..., dim]
     w = rand(g, shape[-1:], dtype, "contiguous", scale=0.1, shift=1.0)  # [dim]
     out, wide = poisoned(shape, dtype, layout)
-    result = ops.rmsnorm(x, w, eps, out=out)
+    result = kernels.rmsnorm(x, w, eps, out=out)
     assert result.data_ptr() == out.data_ptr()
     assert_matches(out, x, w, eps)
     if layout == "strided":  # columns beyond the output slice are not written
@@ -64,7 +64,7 @@ def test_rmsnorm(dtype, shape, layout, eps):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
-def test_rmsnorm_residual(dtype, shape, layout):
+def test_rmsnorm_residual(kernels, dtype, shape, layout):
     g = generator(dtype, shape, layout, "residual")
     x = rand(g, shape, dtype, layout)                                 # [..., dim] the new branch
     residual = rand(g, shape, dtype, layout, scale=3.0)              # [..., dim] updated in place
@@ -72,24 +72,24 @@ def test_rmsnorm_residual(dtype, shape, layout):
     residual_after = residual + x                                     # in the dtype, as torch rounds it
     x_before = x.clone()
     out, _ = poisoned(shape, dtype, layout)
-    ops.rmsnorm(x, w, 1e-5, residual=residual, out=out)
+    kernels.rmsnorm(x, w, 1e-5, residual=residual, out=out)
     assert torch.equal(residual, residual_after)
     assert torch.equal(x, x_before)
     assert_matches(out, residual_after, w, 1e-5)
 
 
-def test_rmsnorm_allocates_out():
+def test_rmsnorm_allocates_out(kernels):
     x = torch.randn(3, 2, 19)
     w = torch.rand(19) + 0.5
-    out = ops.rmsnorm(x, w, 1e-5)
+    out = kernels.rmsnorm(x, w, 1e-5)
     assert out.shape == x.shape and out.dtype == x.dtype
     torch.testing.assert_close(out, reference.rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-6)
 
 
-def test_rmsnorm_zero_row_is_finite():
+def test_rmsnorm_zero_row_is_finite(kernels):
     # mean(x^2) = 0: eps keeps rsqrt finite, the output is zero.
     x = torch.zeros(2, 19)
-    out = ops.rmsnorm(x, torch.ones(19), 1e-5, out=torch.full_like(x, float("nan")))
+    out = kernels.rmsnorm(x, torch.ones(19), 1e-5, out=torch.full_like(x, float("nan")))
     assert torch.equal(out, torch.zeros_like(x))
 
 
@@ -104,7 +104,7 @@ def test_rmsnorm_zero_row_is_finite():
     dict(x=torch.ones(3, 19, dtype=torch.int64)),        # not a float dtype
     dict(x=torch.randn(19, 3).t()),                      # last dim not contiguous
 ])
-def test_rmsnorm_bad_input(bad):
+def test_rmsnorm_bad_input(kernels, bad):
     args = dict(x=torch.randn(3, 19), w=torch.ones(19), residual=None, out=None) | bad
     with pytest.raises(ValueError):
-        ops.rmsnorm(args["x"], args["w"], 1e-5, residual=args["residual"], out=args["out"])
+        kernels.rmsnorm(args["x"], args["w"], 1e-5, residual=args["residual"], out=args["out"])

@@ -36,13 +36,13 @@ def assert_matches(out, expected):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("position_start", [0, 5])
 @pytest.mark.parametrize("theta", [10000.0, 500000.0])
-def test_rope(dtype, shape, position_start, theta):
+def test_rope(kernels, dtype, shape, position_start, theta):
     g = generator(dtype, shape, position_start, theta)
     B, L, H, hd = shape
     x = (torch.randn(shape, generator=g) * 2).to(dtype)  # [B, L, H, hd]
     expected = expected_rope(x, theta, position_start)
     cos, sin = ops.rope_table(hd, position_start + L + 3, theta)  # [positions, hd/2]
-    result = ops.rope_(x, cos, sin, position_start)
+    result = kernels.rope_(x, cos, sin, position_start)
     assert result is x
     assert_matches(x, expected)
 
@@ -50,7 +50,7 @@ def test_rope(dtype, shape, position_start, theta):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads", [(3, 1), (4, 2), (5, 5), (6, 3)])
 @pytest.mark.parametrize("hd", [2, 16, 64])
-def test_rope_on_fused_qkv(dtype, heads, kv_heads, hd):
+def test_rope_on_fused_qkv(kernels, dtype, heads, kv_heads, hd):
     # q and k are head slices of one fused [B, L, H + 2 Hkv, hd] projection: strided in the head dim.
     g = generator(dtype, heads, kv_heads, hd)
     B, L, theta = 2, 19, 10000.0
@@ -58,27 +58,27 @@ def test_rope_on_fused_qkv(dtype, heads, kv_heads, hd):
     q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
     expected_q, expected_k, v_before = expected_rope(q, theta), expected_rope(k, theta), v.clone()
     cos, sin = ops.rope_table(hd, L, theta)  # the table exactly as long as needed
-    ops.rope_(q, cos, sin)
-    ops.rope_(k, cos, sin)
+    kernels.rope_(q, cos, sin)
+    kernels.rope_(k, cos, sin)
     assert_matches(q, expected_q)
     assert_matches(k, expected_k)
     assert torch.equal(v, v_before)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_on_transposed_layout(dtype):
+def test_rope_on_transposed_layout(kernels, dtype):
     # x [B, L, H, hd] as a transposed view of [B, H, L, hd]: every stride but the last is unusual.
     g = generator(dtype, "transposed")
     bhld = torch.randn(3, 5, 19, 16, generator=g).to(dtype)
     x = bhld.transpose(1, 2)
     expected = expected_rope(x, 10000.0, 2)
     cos, sin = ops.rope_table(16, 21, 10000.0)
-    ops.rope_(x, cos, sin, 2)
+    kernels.rope_(x, cos, sin, 2)
     assert_matches(x, expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_rope_offset_equals_slice_of_longer_rotation(dtype):
+def test_rope_offset_equals_slice_of_longer_rotation(kernels, dtype):
     # Rotating rows [P, P + L) of a sequence alone, with position_start P, equals the same rows
     # of the whole sequence rotated at once.
     g = generator(dtype, "offset")
@@ -86,8 +86,8 @@ def test_rope_offset_equals_slice_of_longer_rotation(dtype):
     whole = torch.randn(2, P + L, 3, hd, generator=g).to(dtype)
     part = whole[:, P:].clone()
     cos, sin = ops.rope_table(hd, P + L, 10000.0)
-    ops.rope_(whole, cos, sin, 0)
-    ops.rope_(part, cos, sin, P)
+    kernels.rope_(whole, cos, sin, 0)
+    kernels.rope_(part, cos, sin, P)
     assert torch.equal(part, whole[:, P:])
 
 
@@ -100,23 +100,23 @@ def test_rope_table_matches_reference_angles():
     assert torch.equal(rotated[:, 0], cos[:, 0]) and torch.equal(rotated[:, 8], sin[:, 0])
 
 
-def rope_bad(x=None, table=None, position_start=0):
+def rope_bad(kernels, x=None, table=None, position_start=0):
     x = torch.randn(1, 4, 2, 16) if x is None else x
     cos, sin = ops.rope_table(16, 8, 10000.0) if table is None else table
     before = x.clone()
     with pytest.raises(ValueError):
-        ops.rope_(x, cos, sin, position_start)
+        kernels.rope_(x, cos, sin, position_start)
     assert torch.equal(x, before)  # a refused call writes nothing
 
 
-def test_rope_odd_head_dim_raises():
-    rope_bad(torch.randn(1, 4, 2, 5), ops.rope_table(5, 8, 10000.0))
-    rope_bad(torch.randn(1, 4, 2, 5), (torch.zeros(8, 2), torch.zeros(8, 2)))
+def test_rope_odd_head_dim_raises(kernels):
+    rope_bad(kernels, torch.randn(1, 4, 2, 5), ops.rope_table(5, 8, 10000.0))
+    rope_bad(kernels, torch.randn(1, 4, 2, 5), (torch.zeros(8, 2), torch.zeros(8, 2)))
 
 
 @pytest.mark.parametrize("L,position_start", [(9, 0), (4, 5), (1, 8), (4, -1)])
-def test_rope_positions_beyond_table_raise(L, position_start):
-    rope_bad(torch.randn(1, L, 2, 16), position_start=position_start)  # the table holds 8 positions
+def test_rope_positions_beyond_table_raise(kernels, L, position_start):
+    rope_bad(kernels, torch.randn(1, L, 2, 16), position_start=position_start)  # the table holds 8 positions
 
 
 @pytest.mark.parametrize("table", [
@@ -125,8 +125,8 @@ def test_rope_positions_beyond_table_raise(L, position_start):
     (torch.zeros(8, 8), torch.zeros(7, 8)),                                          # cos/sin differ
     (torch.zeros(8, 16)[:, ::2], torch.zeros(8, 16)[:, ::2]),                        # not contiguous
 ])
-def test_rope_bad_table_raises(table):
-    rope_bad(table=table)
+def test_rope_bad_table_raises(kernels, table):
+    rope_bad(kernels, table=table)
 
 
 @pytest.mark.parametrize("x", [
@@ -134,5 +134,5 @@ def test_rope_bad_table_raises(table):
     torch.randn(1, 4, 2, 32)[..., ::2],         # head_dim not contiguous
     torch.ones(1, 4, 2, 16, dtype=torch.int64),  # not a float dtype
 ])
-def test_rope_bad_x_raises(x):
-    rope_bad(x)
+def test_rope_bad_x_raises(kernels, x):
+    rope_bad(kernels, x)

@@ -21,7 +21,7 @@ KW = dict(gen_length=16, block_length=8, steps=16)
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, kernel_impl):
     path = tmp_path_factory.mktemp("server_text")
     write_text_checkpoint(str(path))
     return Engine.from_pretrained(str(path))

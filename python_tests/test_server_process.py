@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory):
+def text_dir(tmp_path_factory, kernel_impl):
     path = str(tmp_path_factory.mktemp("serve_text"))
     write_text_checkpoint(path)
     return path

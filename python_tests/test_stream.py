@@ -10,7 +10,7 @@ KW = dict(steps=12, gen_length=24, block_length=8, seed=0)
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
+def text_model(tmp_path_factory, kernel_impl):
     path = tmp_path_factory.mktemp("stream_text")
     write_text_checkpoint(str(path))
     return Engine.from_pretrained(str(path))

@@ -34,7 +34,7 @@ def assert_matches(out, gate, up):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["fused", "separate"])
-def test_swiglu(dtype, shape, layout):
+def test_swiglu(kernels, dtype, shape, layout):
     g = generator(dtype, shape, layout)
     F_ = shape[-1]
     if layout == "fused":  # gate, up: strided halves of one [..., 2F] projection
@@ -43,13 +43,13 @@ def test_swiglu(dtype, shape, layout):
     else:
         gate, up = ((torch.randn(shape, generator=g) * 3).to(dtype) for _ in range(2))
     out = torch.full(shape, float("nan"), dtype=dtype)
-    result = ops.swiglu(gate, up, out=out)
+    result = kernels.swiglu(gate, up, out=out)
     assert result.data_ptr() == out.data_ptr()
     assert_matches(out, gate, up)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_swiglu_strided_out_and_extremes(dtype):
+def test_swiglu_strided_out_and_extremes(kernels, dtype):
     # out: a column slice of a wider NaN buffer; gate spans large magnitudes (silu saturates both ways).
     g = generator(dtype, "extremes")
     rows, F_ = 19, 99
@@ -57,14 +57,14 @@ def test_swiglu_strided_out_and_extremes(dtype):
     h[:, :F_] *= 12
     h = h.to(dtype)
     wide = torch.full((rows, F_ + 5), float("nan"), dtype=dtype)
-    out = ops.swiglu(h[:, :F_], h[:, F_:], out=wide[:, 2: 2 + F_])
+    out = kernels.swiglu(h[:, :F_], h[:, F_:], out=wide[:, 2: 2 + F_])
     assert_matches(out, h[:, :F_], h[:, F_:])
     assert wide[:, :2].isnan().all() and wide[:, 2 + F_:].isnan().all()
 
 
-def test_swiglu_allocates_out():
+def test_swiglu_allocates_out(kernels):
     gate, up = torch.randn(2, 3, 19), torch.randn(2, 3, 19)
-    out = ops.swiglu(gate, up)
+    out = kernels.swiglu(gate, up)
     assert out.shape == gate.shape
     assert_matches(out, gate, up)
 
@@ -77,6 +77,6 @@ def test_swiglu_allocates_out():
     (torch.ones(3, 19, dtype=torch.int64), torch.ones(3, 19, dtype=torch.int64), None),
     (torch.randn(19, 3).t(), torch.randn(19, 3).t(), None),                  # last dim not contiguous
 ])
-def test_swiglu_bad_input(gate, up, out):
+def test_swiglu_bad_input(kernels, gate, up, out):
     with pytest.raises(ValueError):
-        ops.swiglu(gate, up, out=out)
+        kernels.swiglu(gate, up, out=out)

@@ -6,7 +6,7 @@ from illada_rt import Engine, NoTokenizerError
 
 
 @pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
+def text_model(tmp_path_factory, kernel_impl):
     path = tmp_path_factory.mktemp("text")
     write_text_checkpoint(str(path))
     return Engine.from_pretrained(str(path))

@@ -73,10 +73,11 @@ inline uint16_t float_to_fp16(float f) {
 }
 
 // float8 e4m3fn (1 sign, 4 exponent bits biased by 7, 3 mantissa bits; no infinities, the
-// one NaN pattern S.1111.111; largest finite 448). The encoder matches torch's
-// `.to(torch.float8_e4m3fn)` bit for bit: round to nearest even, saturating: |f| >= 448
-// (infinities included) becomes +-448, NaN stays NaN with f's sign; subnormals (below 2^-6)
-// are multiples of 2^-9.
+// one NaN pattern S.1111.111; largest finite 448). The encoder rounds to nearest even and
+// saturates: |f| >= 448 (infinities included) becomes +-448, NaN stays NaN with f's sign;
+// subnormals (below 2^-6) are multiples of 2^-9. That is torch's `.to(torch.float8_e4m3fn)` of
+// `f.clamp(-448, 448)` bit for bit; torch's plain cast saturates the same way only from 2.12 on
+// (before, |f| >= 464 and infinities become NaN).
 #if defined(__CUDACC__)
 #define ILLADA_HOST_DEVICE __host__ __device__
 #else

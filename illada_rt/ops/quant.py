@@ -7,7 +7,9 @@ from typing import Optional
 
 import torch
 
-from .extension import _C, FLOAT_DTYPES, _arg, _opt, _rows, _stream
+from .extension import _C, _arg, _opt, _rows, _stream
+from .quant_checks import (FLOAT_DTYPES, check_fp8_input, check_norm_weight, check_same_device, check_tensor,
+                           dequant_out, fp8_rows_out, fp8_weight, int_linear_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,63 +46,10 @@ QUANT_MATMUL_MAX_M = _max_m_from_env()
 _FP8_MIN_CAPABILITY = (8, 9)
 
 
-def _check_tensor(t, name: str, dtype=None, dim=None):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name} must be {dtype}, got {t.dtype}")
-    if dim is not None and t.dim() != dim:
-        raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
-
-
-def _check_x(x, k: int, name: str = "x"):
-    _check_tensor(x, name)
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; its last dim must be the weight's K = {k}")
-
-
-def _check_same_device(x, *others):
-    for name, t in others:
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-
-
-def _int_weight(qweight, scale, zero, group_size, bits: int):
-    """Check an int8 / int4 weight; return (N, K)."""
-    _check_tensor(qweight, "qweight", torch.int8 if bits == 8 else torch.uint8, 2)
-    if bits == 8:
-        _check_tensor(scale, "scale", torch.float32, 1)
-        if scale.shape[0] != qweight.shape[0]:
-            raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{qweight.shape[0]}]")
-        return qweight.shape[0], qweight.shape[1]
-    n, k = qweight.shape[0], 2 * qweight.shape[1]
-    if not isinstance(group_size, int) or group_size <= 0 or group_size % 2 or k % group_size:
-        raise ValueError(f"group_size {group_size!r} must be a positive even divisor of K = {k}")
-    _check_tensor(scale, "scale", torch.float32, 2)
-    if tuple(scale.shape) != (n, k // group_size):
-        raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{n}, {k // group_size}]")
-    if zero is not None:
-        _check_tensor(zero, "zero", torch.float32, 2)
-        if zero.shape != scale.shape:
-            raise ValueError(f"zero has shape {tuple(zero.shape)}, expected {tuple(scale.shape)}")
-    return n, k
-
-
 def _dequantize(qweight, scale, zero, group_size, dtype, bits: int, out=None) -> torch.Tensor:
-    n, k = _int_weight(qweight, scale, zero, group_size, bits)
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    _check_same_device(qweight, ("scale", scale), ("zero", zero), ("out", out))
+    out = dequant_out(qweight, scale, zero, group_size, dtype, bits, out)
     qweight, scale = qweight.contiguous(), scale.contiguous()
     zero = None if zero is None else zero.contiguous()
-    if out is None:
-        out = torch.empty(n, k, dtype=dtype, device=qweight.device)
-    else:
-        _check_tensor(out, "out", dtype, 2)
-        if tuple(out.shape) != (n, k):
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected [{n}, {k}]")
     _C.dequantize(_arg(out, "out"), _arg(qweight, "qweight"), _arg(scale, "scale"), _opt(zero, "zero"),
                   int(group_size) if bits == 4 else 0, _stream(qweight))
     return out
@@ -140,18 +89,7 @@ def _kernel_refusal(x2: torch.Tensor, qweight: torch.Tensor, k: int, group_size:
 
 
 def _int_linear(x, qweight, scale, zero, group_size, bits: int, out=None, path: str = "auto") -> torch.Tensor:
-    if path not in INT_LINEAR_PATHS:
-        raise ValueError(f"path must be one of {INT_LINEAR_PATHS}, got {path!r}")
-    n, k = _int_weight(qweight, scale, zero, group_size, bits)
-    _check_x(x, k)
-    _check_same_device(x, ("qweight", qweight), ("scale", scale), ("zero", zero), ("out", out))
-    lead = x.shape[:-1]
-    if out is None:
-        out = torch.empty(*lead, n, dtype=x.dtype, device=x.device)
-    else:
-        _check_tensor(out, "out", x.dtype)
-        if tuple(out.shape) != (*lead, n):
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(*lead, n)}")
+    k, out = int_linear_out(x, qweight, scale, zero, group_size, bits, out, path, INT_LINEAR_PATHS)
     x2, y = x.reshape(-1, k), _rows(out, "out")
     use_kernel = False
     if path == "kernel" or (path == "auto" and x2.shape[0] <= QUANT_MATMUL_MAX_M):
@@ -184,20 +122,8 @@ def int4_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zer
 
 
 def _quantize_fp8(x, weight, residual, eps, out) -> tuple:
-    lead = x.shape[:-1]
     x2 = _rows(x, "x")
-    if out is None:
-        out = (torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
-               torch.empty(lead, dtype=torch.float32, device=x.device))
-    xq, a_scale = out
-    _check_tensor(xq, "xq", torch.float8_e4m3fn)
-    _check_tensor(a_scale, "a_scale", torch.float32)
-    if xq.shape != x.shape or a_scale.shape != lead:
-        raise ValueError(f"out: xq {tuple(xq.shape)} and a_scale {tuple(a_scale.shape)} must be "
-                         f"{tuple(x.shape)} and {tuple(lead)}")
-    _check_same_device(x, ("xq", xq), ("a_scale", a_scale))
-    if not a_scale.is_contiguous():
-        raise ValueError("a_scale must be contiguous")
+    xq, a_scale = fp8_rows_out(x, out)
     _C.quantize_fp8(_arg(_rows(xq, "xq"), "xq"), _arg(a_scale.view(-1), "a_scale"), _arg(x2, "x"),
                     _opt(weight, "weight"),
                     None if residual is None else _arg(_rows(residual, "residual"), "residual"), float(eps),
@@ -210,9 +136,7 @@ def quantize_fp8_per_token(x: torch.Tensor, out: Optional[tuple] = None):
 
     out: optional (xq, a_scale) to write into (for fixed buffers).
     """
-    _check_tensor(x, "x")
-    if x.dtype not in FLOAT_DTYPES or x.dim() < 1:
-        raise ValueError(f"x must be a float32, bfloat16 or float16 tensor [..., K], got {x.dtype} {tuple(x.shape)}")
+    check_fp8_input(x)
     return _quantize_fp8(x, None, None, 0.0, out)
 
 
@@ -223,32 +147,21 @@ def rmsnorm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residua
     The normalised row is rounded to x's dtype exactly as ops.rmsnorm rounds it; out as in
     quantize_fp8_per_token.
     """
-    _check_tensor(x, "x")
-    if x.dtype not in FLOAT_DTYPES or x.dim() < 1:
-        raise ValueError(f"x must be a float32, bfloat16 or float16 tensor [..., K], got {x.dtype} {tuple(x.shape)}")
-    _check_tensor(weight, "weight", x.dtype, 1)
-    if weight.shape[0] != x.shape[-1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [{x.shape[-1]}]")
-    if residual is not None:
-        _check_tensor(residual, "residual", x.dtype)
-        if residual.shape != x.shape:
-            raise ValueError(f"residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
-    _check_same_device(x, ("weight", weight), ("residual", residual))
+    check_fp8_input(x)
+    check_norm_weight(x, weight, residual)
     return _quantize_fp8(x, weight, residual, eps, out)
 
 
 def cast_to_fp8(x: torch.Tensor) -> torch.Tensor:
     """x.to(torch.float8_e4m3fn) through the compiled conversion (the kernels' rounding, for tests)."""
-    _check_tensor(x, "x")
-    if x.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
+    check_fp8_input(x)
     flat = x.contiguous().view(-1)
     out = torch.empty(flat.shape, dtype=torch.float8_e4m3fn, device=x.device)
     _C.cast_fp8(_arg(out, "out"), _arg(flat, "x"), _stream(x))
     return out.view(x.shape)
 
 
-def _require_fp8_gpu(device: torch.device) -> None:
+def require_fp8_gpu(device: torch.device) -> None:
     cap = torch.cuda.get_device_capability(device)
     if cap < _FP8_MIN_CAPABILITY:
         raise RuntimeError(f"fp8 weights need a GPU of compute capability >= 8.9 for fp8 matmuls; "
@@ -294,22 +207,22 @@ def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, s
     multiples of 16 (other shapes use the float32 matmul below).
     CPU: float32 matmul of the fp8 values, then the scales, as formats.reference_linear.
     """
-    _check_tensor(xq, "xq", torch.float8_e4m3fn)
-    _check_tensor(a_scale, "a_scale", torch.float32)
-    _check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
-    _check_tensor(scale, "scale", torch.float32, 1)
+    check_tensor(xq, "xq", torch.float8_e4m3fn)
+    check_tensor(a_scale, "a_scale", torch.float32)
+    check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
+    check_tensor(scale, "scale", torch.float32, 1)
     n, k = qweight.shape
     if xq.dim() < 1 or xq.shape[-1] != k or a_scale.shape != xq.shape[:-1] or scale.shape[0] != n:
         raise ValueError(f"fp8_matmul: shapes disagree: xq {tuple(xq.shape)}, a_scale {tuple(a_scale.shape)}, "
                          f"qweight {tuple(qweight.shape)}, scale {tuple(scale.shape)}")
     if out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
-    _check_same_device(xq, ("a_scale", a_scale), ("qweight", qweight), ("scale", scale))
+    check_same_device(xq, ("a_scale", a_scale), ("qweight", qweight), ("scale", scale))
     lead = xq.shape[:-1]
     xq2, a2 = xq.reshape(-1, k), a_scale.reshape(-1, 1)
     m = xq2.shape[0]
     if xq.is_cuda:
-        _require_fp8_gpu(xq.device)
+        require_fp8_gpu(xq.device)
         if k % 16 == 0 and n % 16 == 0 and m > 0:
             return _fp8_gemm(xq2.contiguous(), qweight.contiguous(), a2.contiguous(), scale).to(out_dtype).view(*lead, n)
     y = (xq2.float() @ qweight.float().t()) * a2 * scale[None, :]
@@ -318,14 +231,8 @@ def fp8_matmul(xq: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, s
 
 def fp8_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] -> per-token fp8 activations -> fp8 matmul with qweight [N, K] -> [..., N] in x's dtype."""
-    _check_tensor(qweight, "qweight", torch.float8_e4m3fn, 2)
-    _check_tensor(scale, "scale", torch.float32, 1)
-    n, k = qweight.shape
-    _check_x(x, k)
-    if scale.shape[0] != n:
-        raise ValueError(f"scale has shape {tuple(scale.shape)}, expected [{n}]")
-    _check_same_device(x, ("qweight", qweight), ("scale", scale))
+    fp8_weight(x, qweight, scale)
     if x.is_cuda:
-        _require_fp8_gpu(x.device)                       # before any work
+        require_fp8_gpu(x.device)                       # before any work
     xq, a_scale = quantize_fp8_per_token(x.contiguous())
     return fp8_matmul(xq, a_scale, qweight, scale, x.dtype)

@@ -13,6 +13,7 @@ import torch
 from ..config import ModelConfig
 from ..loader import CheckpointError, iter_weights
 from ..model import LLaDAModel
+from ..ops import Kernels
 from .formats import QuantizedWeight, quantize_weight
 from .spec import (EMBEDDING, HEAD, QuantSpec, check_spec, foreign_method, quantized_shapes, read_config,
                    read_section)
@@ -41,10 +42,11 @@ def quantize_stream(named: Named, cfg: ModelConfig, spec: QuantSpec, dtype: Opti
 
 def load_model(model_dir: str, cfg: ModelConfig, dtype: torch.dtype, device: torch.device, progress=None,
                quantization: Optional[str] = None, quantize_head: bool = False,
-               group_size: int = 128) -> LLaDAModel:
+               group_size: int = 128, kernels: Optional[Kernels] = None) -> LLaDAModel:
     """The model of `model_dir` on `device`: as stored when the checkpoint is quantized (a
     `quantization` argument must then name its format), quantized at load when `quantization` is
-    given, dense otherwise. group_size and quantize_head apply to quantization at load only."""
+    given, dense otherwise. group_size and quantize_head apply to quantization at load only.
+    kernels: the model's op implementations (None: LLaDAModel's default)."""
     from .checkpoint import iter_quantized  # checkpoint.py builds on this module
     from .gptq import gptq_spec, iter_gptq
 
@@ -56,19 +58,20 @@ def load_model(model_dir: str, cfg: ModelConfig, dtype: torch.dtype, device: tor
             raise CheckpointError(f"{model_dir}: a 4-bit GPTQ checkpoint loads as int4, but "
                                   f"quantization={quantization!r} was asked for")
         check_spec(cfg, spec, device)
-        return LLaDAModel.from_weights(cfg, iter_gptq(model_dir, cfg, spec, zero_offset, dtype, device, progress))
+        return LLaDAModel.from_weights(cfg, iter_gptq(model_dir, cfg, spec, zero_offset, dtype, device, progress),
+                                       kernels)
     if stored is not None:
         if quantization is not None and quantization != stored.format:
             raise CheckpointError(f"{model_dir}: the checkpoint is quantized to {stored.format} (config.json "
                                   f"\"quantization\"), but quantization={quantization!r} was asked for")
         check_spec(cfg, stored, device)
-        return LLaDAModel.from_weights(cfg, iter_quantized(model_dir, cfg, stored, dtype, device, progress))
+        return LLaDAModel.from_weights(cfg, iter_quantized(model_dir, cfg, stored, dtype, device, progress), kernels)
     if quantization is None:
-        return LLaDAModel.load(model_dir, cfg, dtype, progress, device)
+        return LLaDAModel.load(model_dir, cfg, dtype, progress, device, kernels)
     spec = QuantSpec(quantization, group_size, True, bool(quantize_head))
     check_spec(cfg, spec, device)
     named = iter_weights(model_dir, cfg, None, progress)
-    return LLaDAModel.from_weights(cfg, quantize_stream(named, cfg, spec, dtype, device))
+    return LLaDAModel.from_weights(cfg, quantize_stream(named, cfg, spec, dtype, device), kernels)
 
 
 def weight_bytes(model: LLaDAModel) -> Dict[str, int]:

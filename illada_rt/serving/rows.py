@@ -126,11 +126,11 @@ class RowBatcher:
                 prompt_index[b, pads[b]:] = r.prompt_index
             pair = torch.cat([tokens, tokens.masked_fill(prompt_index, self.mask_id)])   # [2n, W]
             hidden = model.hidden(pair, None if key_mask is None else key_mask.repeat(2, 1), slice(lo_all, hi_all))
-            both = linear(torch.take_along_dim(hidden, idx.repeat(2, 1, 1), dim=1), model.head)
+            both = linear(model.kernels, torch.take_along_dim(hidden, idx.repeat(2, 1, 1), dim=1), model.head)
             cond, uncond = both[:n], both[n:]                                             # [n, widest, E]
         else:
             hidden = model.hidden(tokens, key_mask, slice(lo_all, hi_all))               # [n, R, d]
-            cond, uncond = linear(torch.take_along_dim(hidden, idx, dim=1), model.head), None
+            cond, uncond = linear(model.kernels, torch.take_along_dim(hidden, idx, dim=1), model.head), None
         self.forwards += 1
         block = torch.full((n, widest), self.hide_id, dtype=torch.int64, device=dev)      # [n, widest]
         for b, r in enumerate(rows):
@@ -139,15 +139,16 @@ class RowBatcher:
         as_tensor = (lambda v: torch.tensor(v, dtype=torch.int64, device=dev))
         masks_left = torch.empty(n, dtype=torch.int64, device=dev)
         k = None if s.threshold is not None else as_tensor([r.schedule[r.step_in_block] for r in rows])
-        workspace = ops.remask_workspace(n, widest, dev) if dev.type == "cuda" else None
+        workspace = ops.remask_workspace(n, widest, dev)      # word 0: the non-finite flag
         # block_start 0 on the gathered block: row b's token j sits at its own position lo_b + j,
         # which row_offset = -lo_b restores for the RNG counters
-        ops.remask_(cond, block, 0, vocab=model.cfg.vocab_size, mask_id=self.mask_id,
-                    seeds=as_tensor([r.request.seed for r in rows]),
-                    row_offset=as_tensor([-r.span[0] for r in rows]), step=as_tensor([r.nfe for r in rows]),
-                    uncond=uncond, cfg_scale=s.cfg_scale, temperature=s.temperature, remasking=s.remasking,
-                    k=k, threshold=s.threshold, masks_left=masks_left, workspace=workspace)
-        if workspace is not None and int(workspace[0]) != 0:
+        model.kernels.remask_(cond, block, 0, vocab=model.cfg.vocab_size, mask_id=self.mask_id,
+                              seeds=as_tensor([r.request.seed for r in rows]),
+                              row_offset=as_tensor([-r.span[0] for r in rows]),
+                              step=as_tensor([r.nfe for r in rows]), uncond=uncond, cfg_scale=s.cfg_scale,
+                              temperature=s.temperature, remasking=s.remasking, k=k, threshold=s.threshold,
+                              masks_left=masks_left, workspace=workspace)
+        if int(workspace[0]) != 0:
             raise RuntimeError("remask: logits contain NaN or infinity (the model produced non-finite values)")
         for b, r in enumerate(rows):
             lo, hi = r.span
