@@ -1,5 +1,6 @@
-"""CUDA attention (ops.attention on device tensors) against a float64 reference
-(skipped without a GPU or a CUDA build).
+"""CUDA attention against a float64 reference, for both implementations of the pass (the `kernels`
+fixture: the compiled kernel, then the torch twin, on device tensors); skipped without a GPU or a
+CUDA build. Inputs are drawn on the device from seeded CUDA generators.
 
 bfloat16/float16 use flash-attention's rule: max|out - ref| <= 2 max|torch_lowprec - ref| + 1e-5,
 ref in float64 on the same (low-precision) inputs, torch_lowprec the plain torch attention in the
@@ -13,8 +14,9 @@ import torch
 
 from illada_rt import build_info, ops
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and build_info()["cuda"] and ops.cuda_devices()[0] > 0),
-                                reason="needs a CUDA device and a CUDA build")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not (torch.cuda.is_available() and build_info()["cuda"] and ops.cuda_devices()[0] > 0),
+                                 reason="needs a CUDA device and a CUDA build")]
 
 LOW = [torch.bfloat16, torch.float16]
 CASES = [  # (B, Lq, Lk, H, Hkv, D)
@@ -30,7 +32,8 @@ CASES = [  # (B, Lq, Lk, H, Hkv, D)
 
 
 def generator(*case):
-    return torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    """A CUDA generator seeded from the case: inputs are drawn on the device."""
+    return torch.Generator(device="cuda").manual_seed(zlib.crc32(repr(case).encode()))
 
 
 def reference64(q, k, v, key_mask, scale):
@@ -70,26 +73,31 @@ def assert_matches(out, q, k, v, key_mask, scale=None):
 
 def left_padding_mask(B, Lk):
     """bool [B, Lk] on the GPU: sequence b has min(5 b, Lk - 1) pad keys on the left."""
-    pads = torch.tensor([min(5 * b, Lk - 1) for b in range(B)])
-    return (torch.arange(Lk)[None, :] >= pads[:, None]).cuda()
+    pads = torch.tensor([min(5 * b, Lk - 1) for b in range(B)], device="cuda")
+    return torch.arange(Lk, device="cuda")[None, :] >= pads[:, None]
+
+
+def poisoned(like):
+    """An output buffer like `like`, NaN-filled: a row the op does not write fails the checks."""
+    return torch.full_like(like, float("nan"))
 
 
 def random_inputs(g, B, Lq, Lk, H, Hkv, D, dtype):
-    q = torch.randn(B, Lq, H, D, generator=g).to(dtype).cuda()
-    k = torch.randn(B, Lk, Hkv, D, generator=g).to(dtype).cuda()
-    v = torch.randn(B, Lk, Hkv, D, generator=g).to(dtype).cuda()
+    q = torch.randn(B, Lq, H, D, device="cuda", generator=g).to(dtype)
+    k = torch.randn(B, Lk, Hkv, D, device="cuda", generator=g).to(dtype)
+    v = torch.randn(B, Lk, Hkv, D, device="cuda", generator=g).to(dtype)
     return q, k, v
 
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_cuda_attention(dtype, case, masked):
+def test_cuda_attention(kernels, dtype, case, masked):
     B, Lq, Lk, H, Hkv, D = case
     q, k, v = random_inputs(generator(dtype, case, masked), B, Lq, Lk, H, Hkv, D, dtype)
     key_mask = left_padding_mask(B, Lk) if masked else None
-    out = torch.full_like(q, float("nan"))
-    result = ops.attention(q, k, v, key_mask, out=out)
+    out = poisoned(q)
+    result = kernels.attention(q, k, v, key_mask, out=out)
     torch.cuda.synchronize()
     assert result.data_ptr() == out.data_ptr()
     assert_matches(out, q, k, v, key_mask)
@@ -97,45 +105,45 @@ def test_cuda_attention(dtype, case, masked):
 
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("D", [64, 128])
-def test_cuda_attention_random_key_mask_and_large_scores(dtype, D):
+def test_cuda_attention_random_key_mask_and_large_scores(kernels, dtype, D):
     # Scattered masked keys (not only padding) and q scaled up so the softmax is peaked.
     g = generator(dtype, D, "scatter")
     B, L, H, Hkv = 2, 150, 8, 2
     q, k, v = random_inputs(g, B, L, L, H, Hkv, D, dtype)
     q = (q.float() * 3).to(dtype)
-    key_mask = (torch.rand(B, L, generator=g) < 0.6).cuda()
+    key_mask = torch.rand(B, L, device="cuda", generator=g) < 0.6
     key_mask[:, 7] = True
-    out = ops.attention(q, k, v, key_mask)
+    out = kernels.attention(q, k, v, key_mask, out=poisoned(q))
     torch.cuda.synchronize()
     assert_matches(out, q, k, v, key_mask)
 
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
 @pytest.mark.parametrize("heads,kv_heads,D", [(32, 8, 128), (32, 32, 128), (32, 8, 64), (32, 32, 64), (6, 3, 64)])
-def test_cuda_attention_fused_qkv(dtype, heads, kv_heads, D):
+def test_cuda_attention_fused_qkv(kernels, dtype, heads, kv_heads, D):
     # q, k, v: head slices of one fused projection [B, L, H + 2 Hkv, D]; out: a slice of a wider buffer.
     g = generator(dtype, heads, kv_heads, D)
     B, L = 2, 99
-    qkv = (torch.randn(B, L, heads + 2 * kv_heads, D, generator=g) * 1.5).to(dtype).cuda()
+    qkv = (torch.randn(B, L, heads + 2 * kv_heads, D, device="cuda", generator=g) * 1.5).to(dtype)
     q, k, v = qkv.split([heads, kv_heads, kv_heads], dim=2)
     wide = torch.full((B, L, heads + 1, D), float("nan"), dtype=dtype, device="cuda")
     key_mask = left_padding_mask(B, L)
-    ops.attention(q, k, v, key_mask, out=wide[:, :, 1:])
+    kernels.attention(q, k, v, key_mask, out=wide[:, :, 1:])
     torch.cuda.synchronize()
     assert_matches(wide[:, :, 1:], q, k, v, key_mask)
     assert wide[:, :, 0].isnan().all()
 
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
-def test_cuda_attention_query_rows_slice(dtype):
+def test_cuda_attention_query_rows_slice(kernels, dtype):
     # seq_q != seq_k: the queries are rows [5, 5 + 19) of a longer sequence, attending to all keys.
     g = generator(dtype, "rows")
     B, L, H, Hkv, D = 2, 111, 32, 8, 128
     q_all, k, v = random_inputs(g, B, L, L, H, Hkv, D, dtype)
     q = q_all[:, 5:24]
     key_mask = left_padding_mask(B, L)
-    out = ops.attention(q, k, v, key_mask)
-    full = ops.attention(q_all, k, v, key_mask)
+    out = kernels.attention(q, k, v, key_mask, out=poisoned(q))
+    full = kernels.attention(q_all, k, v, key_mask, out=poisoned(q_all))
     torch.cuda.synchronize()
     assert out.shape == q.shape
     assert_matches(out, q, k, v, key_mask)
@@ -143,13 +151,13 @@ def test_cuda_attention_query_rows_slice(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
-def test_cuda_attention_all_masked_sequence_gives_zeros(dtype):
+def test_cuda_attention_all_masked_sequence_gives_zeros(kernels, dtype):
     g = generator(dtype, "all-masked")
     B, Lq, Lk, H, Hkv, D = 3, 70, 130, 4, 2, 64
     q, k, v = random_inputs(g, B, Lq, Lk, H, Hkv, D, dtype)
     key_mask = left_padding_mask(B, Lk)
     key_mask[1] = False  # sequence 1 has no key at all
-    out = ops.attention(q, k, v, key_mask, out=torch.full_like(q, float("nan")))
+    out = kernels.attention(q, k, v, key_mask, out=poisoned(q))
     torch.cuda.synchronize()
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     keep = [0, 2]
@@ -157,13 +165,13 @@ def test_cuda_attention_all_masked_sequence_gives_zeros(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
-def test_cuda_attention_single_key_copies_v(dtype):
+def test_cuda_attention_single_key_copies_v(kernels, dtype):
     # One unmasked key (in the second key tile): weight exactly 1, so out = v of that key exactly.
     g = generator(dtype, "single")
     q, k, v = random_inputs(g, 2, 5, 100, 4, 4, 64, dtype)
     key_mask = torch.zeros(2, 100, dtype=torch.bool, device="cuda")
     key_mask[0, 83] = key_mask[1, 0] = True
-    out = ops.attention(q, k, v, key_mask)
+    out = kernels.attention(q, k, v, key_mask, out=poisoned(q))
     torch.cuda.synchronize()
     assert torch.equal(out[0], v[0, 83:84].expand(5, 4, 64))
     assert torch.equal(out[1], v[1, 0:1].expand(5, 4, 64))
@@ -171,38 +179,50 @@ def test_cuda_attention_single_key_copies_v(dtype):
 
 @pytest.mark.parametrize("dtype", LOW + [torch.float32])
 @pytest.mark.parametrize("scale", [0.05, 0.3])
-def test_cuda_attention_explicit_scale(dtype, scale):
+def test_cuda_attention_explicit_scale(kernels, dtype, scale):
     g = generator(dtype, "scale", scale)
     q, k, v = random_inputs(g, 2, 19, 70, 8, 2, 128, dtype)
-    out = ops.attention(q, k, v, scale=scale)
+    out = kernels.attention(q, k, v, scale=scale, out=poisoned(q))
     torch.cuda.synchronize()
     assert_matches(out, q, k, v, None, scale=scale)
 
 
-def test_cuda_attention_float32_other_head_dims():
+def test_cuda_attention_float32_other_head_dims(kernels):
     # The float32 kernel takes any head_dim up to 256.
     for D in (16, 80, 256):
         q, k, v = random_inputs(generator("f32", D), 2, 19, 33, 4, 2, D, torch.float32)
         key_mask = left_padding_mask(2, 33)
-        out = ops.attention(q, k, v, key_mask)
+        out = kernels.attention(q, k, v, key_mask, out=poisoned(q))
         torch.cuda.synchronize()
         assert_matches(out, q, k, v, key_mask)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: torch.randn(1, 4, 2, 32, device="cuda").to(torch.bfloat16),                 # head_dim 32 in bf16
-    lambda: torch.randn(1, 4, 2, 96, device="cuda").half(),                              # head_dim 96 in fp16
-    lambda: torch.randn(1, 4, 2, 512, device="cuda"),                                    # float32 head_dim > 256
-    lambda: torch.randn(8 * 2 * 64 + 4, device="cuda").to(torch.bfloat16)[4:].view(1, 8, 2, 64),  # rows 8 bytes off
-    lambda: torch.randn(1, 8, 2, 68, device="cuda").to(torch.bfloat16)[..., :64],        # head stride of 68 elements
-])
-def test_cuda_attention_refuses_unsupported_layouts(make):
-    q = make()  # built on the device: a copy would be realigned
-    with pytest.raises(ValueError):
-        ops.attention(q, q, q)
+# Layouts the CUDA kernel has no code for, each built on the device (a copy would be realigned).
+UNSUPPORTED_LAYOUTS = {
+    "bf16-D32": lambda g: torch.randn(1, 4, 2, 32, device="cuda", generator=g).to(torch.bfloat16),
+    "fp16-D96": lambda g: torch.randn(1, 4, 2, 96, device="cuda", generator=g).half(),
+    "fp32-D512": lambda g: torch.randn(1, 4, 2, 512, device="cuda", generator=g),             # float32 head_dim > 256
+    "rows-8-bytes-off":
+        lambda g: torch.randn(8 * 2 * 64 + 4, device="cuda", generator=g).to(torch.bfloat16)[4:].view(1, 8, 2, 64),
+    "head-stride-68": lambda g: torch.randn(1, 8, 2, 68, device="cuda", generator=g).to(torch.bfloat16)[..., :64],
+}
 
 
-def test_cuda_attention_refuses_mixed_devices():
-    q = torch.randn(1, 4, 2, 64, device="cuda").to(torch.bfloat16)
+@pytest.mark.parametrize("layout", list(UNSUPPORTED_LAYOUTS))
+def test_cuda_attention_refuses_unsupported_layouts(kernels, layout):
+    """The CUDA kernel refuses layouts it has no code for; the torch twin (scaled_dot_product_attention)
+    takes them, as the compiled CPU kernel does, and must compute them right."""
+    q = UNSUPPORTED_LAYOUTS[layout](generator("layout", layout))
+    if kernels.choice["attention"] == "custom":
+        with pytest.raises(ValueError):
+            kernels.attention(q, q, q)
+        return
+    out = kernels.attention(q, q, q, out=poisoned(q))
+    torch.cuda.synchronize()
+    assert_matches(out, q, q, q, None)
+
+
+def test_cuda_attention_refuses_mixed_devices(kernels):
+    q = torch.randn(1, 4, 2, 64, device="cuda", generator=generator("mixed")).to(torch.bfloat16)
     with pytest.raises(ValueError, match="same device"):
-        ops.attention(q, q, q.cpu())
+        kernels.attention(q, q, q.cpu())

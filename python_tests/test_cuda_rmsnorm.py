@@ -1,17 +1,23 @@
-"""CUDA rmsnorm against the reference (skipped without a GPU or a CUDA build)."""
+"""CUDA rmsnorm against the reference, for both implementations of the pass (the `kernels` fixture:
+the compiled kernel, then the torch twin, on device tensors); skipped without a GPU or a CUDA build.
+
+Rule (flash-attention's): max|out - ref32| <= 2 max|torch_lowprec - ref32| + 1e-5, ref32 the
+reference in float32 on the same inputs, torch_lowprec the reference rounded to the dtype.
+"""
 import pytest
 import torch
 
 from illada_rt import build_info, ops, reference
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and build_info()["cuda"] and ops.cuda_devices()[0] > 0),
-                                reason="needs a CUDA device and a CUDA build")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not (torch.cuda.is_available() and build_info()["cuda"] and ops.cuda_devices()[0] > 0),
+                                 reason="needs a CUDA device and a CUDA build")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,dim", [(1, 64), (19, 4096), (111, 999), (3, 14336)])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_cuda_rmsnorm_matches_reference(dtype, rows, dim, with_residual):
+def test_cuda_rmsnorm_matches_reference(kernels, dtype, rows, dim, with_residual):
     g = torch.Generator(device="cuda").manual_seed(rows * dim)
     x = torch.randn(rows, dim, device="cuda", generator=g).to(dtype)
     w = (1 + 0.1 * torch.randn(dim, device="cuda", generator=g)).to(dtype)
@@ -21,9 +27,9 @@ def test_cuda_rmsnorm_matches_reference(dtype, rows, dim, with_residual):
     want_low = reference.rms_norm(src32.to(dtype), w, 1e-5).float()
     out = torch.full_like(x, float("nan"))
     res_before = None if res is None else res.clone()
-    ops.rmsnorm(x, w, 1e-5, residual=res, out=out)
+    result = kernels.rmsnorm(x, w, 1e-5, residual=res, out=out)
     torch.cuda.synchronize()
-    assert not out.isnan().any()
+    assert result.data_ptr() == out.data_ptr() and not out.isnan().any()
     err, torch_err = (out.float() - want32).abs().max(), (want_low - want32).abs().max()
     assert err <= 2 * torch_err + 1e-5
     if with_residual:
