@@ -4,8 +4,10 @@ same weights and settings, with the fraction of the hardware limits measured in 
     python bench/bench_generate.py                                   # small synthetic model, CPU
     python bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic illada-8b,llada-8b --matrix
     python bench/bench_generate.py --device cuda --dtype bfloat16 --model DIR --batch 1,8 --quant none,int8
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --synthetic illada-8b --kernels custom,torch
 
-One row per (model, lengths, batch, schedule, mode, path); see bench/README.md for every field.
+One row per (model, quantization, kernels, lengths, batch, schedule, mode, path); see bench/README.md
+for every field.
 Writes bench/results/<device>_<date>.json (or --out DIR / FILE.json) and prints a markdown table last.
 """
 from __future__ import annotations
@@ -68,6 +70,10 @@ def parse_args(argv=None):
     ap.add_argument("--ref-max-steps", type=int, default=-1,
                     help="the same for the reference (default: 1 step a block on CUDA, the full schedule on CPU)")
     ap.add_argument("--ref-repeats", type=int, default=-1, help="the reference's --repeats (default: 1 on CUDA)")
+    ap.add_argument("--kernels", action="append", default=[], metavar="CHOICE[,CHOICE...]",
+                    help="build the engine once per choice with kernels=CHOICE: a comma list of custom, torch, "
+                         "auto, or one per-family choice such as attention=torch,remask=custom; repeatable "
+                         "(default: the engine's own default, no kernels keyword)")
     ap.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the Engine (e.g. use_cuda_graphs=0 where the Engine has it); repeatable")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; later configurations are skipped")
@@ -92,6 +98,7 @@ def parse_args(argv=None):
     if len(prompts) != len(gens):
         ap.error("--prompt-len and --gen-length need the same number of values (or one of them a single value)")
     args.lengths = list(zip(prompts, gens))
+    args.kernel_choices = kernel_choices(args.kernels, ap.error)
     args.engine_kwargs = {}
     for item in args.engine_option:
         key, sep, value = item.partition("=")
@@ -102,6 +109,24 @@ def parse_args(argv=None):
         except json.JSONDecodeError:
             args.engine_kwargs[key] = value
     return args
+
+
+KERNEL_NAMES = ("custom", "torch", "auto")
+DEFAULT_KERNELS = "default"   # the rows' kernels column when --kernels is not given
+
+
+def kernel_choices(values, error):
+    """--kernels values -> the engine's kernels= choices, in run order. Each value is a comma list of
+    custom / torch / auto, or (containing "=") one per-family choice such as attention=torch,remask=custom."""
+    choices = []
+    for value in values:
+        items = [value] if "=" in value else [v for v in value.split(",") if v]
+        for item in items:
+            if "=" not in item and item not in KERNEL_NAMES:
+                error(f"--kernels: {item!r} not among {', '.join(KERNEL_NAMES)} (or FAMILY=CHOICE,...)")
+            if item not in choices:
+                choices.append(item)
+    return choices or [DEFAULT_KERNELS]
 
 
 def run_engine(eng, ids, kw, mode):
@@ -166,29 +191,33 @@ def configurations(args, with_reference: bool = True):
                             yield schedule, B, lengths, mode, path
 
 
-def run_model(model_name, quant, args, device, limits, deadline, out_rows, save):
+def run_model(model_name, quant, kernels, args, device, limits, deadline, out_rows, save, with_reference=True):
+    """Every configuration on one engine: model, weight format and kernels choice (with_reference
+    False: the reference rows were measured with another kernels choice of the same model)."""
     dtype = DTYPES[args.dtype]
     quant = None if quant == "none" else quant
+    engine_kwargs = dict(args.engine_kwargs, **({} if kernels == DEFAULT_KERNELS else dict(kernels=kernels)))
+    failed = dict(model=model_name or args.model, quant=quant or "none", kernels=kernels)
     try:
-        eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device,
-                                          args.engine_kwargs, quant)
+        eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device, engine_kwargs, quant)
     except torch.cuda.OutOfMemoryError:
-        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status="oom (weights)"))
+        out_rows.append(dict(failed, status="oom (weights)"))
         return save()
-    except (TypeError, ValueError) as e:  # an option or format this illada_rt does not take
-        out_rows.append(dict(model=model_name or args.model, quant=quant or "none", status=f"error: {e}"))
-        print(f"bench_generate: {model_name or args.model} {quant or ''}: {e}", flush=True)
+    except (TypeError, ValueError) as e:  # an option, format or kernels choice this illada_rt does not take
+        out_rows.append(dict(failed, status=f"error: {e}"))
+        print(f"bench_generate: {model_name or args.model} {quant or ''} kernels {kernels}: {e}", flush=True)
         return save()
     cfg = eng.cfg
     weights_gib = weight_bytes(eng.model)["total"] / 2 ** 30  # codes, scales, zeros and the dense rest
     allocated_gib = torch.cuda.memory_allocated(device) / 2 ** 30 if measure.is_cuda(device) else None
-    for schedule, B, (P, G), mode, path in configurations(args, ref is not None):
+    for schedule, B, (P, G), mode, path in configurations(args, ref is not None and with_reference):
         ids = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(B))
         ids = torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)  # on the CPU, as callers pass
         row = dict(model=label, parameters=cfg.num_parameters, weights_gib=weights_gib, allocated_gib=allocated_gib,
                    lengths=f"{P}+{G}",
                    prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
-                   schedule=schedule, mode=mode, quant=quant or "none", path=path,
+                   schedule=schedule, mode=mode, quant=quant or "none",
+                   kernels="-" if path == "reference" else kernels, path=path,
                    threshold=args.threshold if schedule == "threshold" else None, status="ok")
         out_rows.append(row)
         if measure.is_cuda(device):
@@ -207,8 +236,8 @@ def run_model(model_name, quant, args, device, limits, deadline, out_rows, save)
             row["gpu_now"] = nvml_snapshot(device.index or 0)
             gc.collect()
             torch.cuda.empty_cache()
-        print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} "
-              f"{path}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} {path} "
+              f"kernels {row['kernels']}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
         save()
     del eng, ref
     gc.collect()
@@ -226,6 +255,17 @@ def add_speedups(rows):
             r["speedup"] = r["tokens_per_s"] / base[key(r)]
 
 
+def add_kernel_ratios(rows):
+    """x torch = tokens/s of an engine row over the tokens/s of the row with kernels "torch" and
+    otherwise the same configuration (above 1: faster than the plain-torch kernels)."""
+    key = lambda r: tuple(r.get(k) for k in ("model", "quant", "lengths", "batch", "schedule", "mode"))  # noqa: E731
+    base = {key(r): r["tokens_per_s"] for r in rows
+            if r.get("path") == "engine" and r.get("kernels") == "torch" and "tokens_per_s" in r}
+    for r in rows:
+        if r.get("path") == "engine" and "tokens_per_s" in r and key(r) in base:
+            r["vs_torch_kernels"] = r["tokens_per_s"] / base[key(r)]
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -238,13 +278,15 @@ def main(argv=None):
           f"{limits['copy']['mib']} MiB)", flush=True)
     path = results.result_path(args.out, info, args.suffix)
     rows = []
-    settings = {k: v for k, v in vars(args).items() if k not in ("lengths", "engine_option")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("lengths", "engine_option", "kernels")}
     result = dict(kind="bench_generate", **info, dtype=args.dtype, settings=settings, limits=limits, rows=rows)
     save = lambda: results.write_json(path, result)  # noqa: E731
     for name in ([None] if args.model else args.synthetic.split(",")):
         for quant in args.quant.split(","):
-            run_model(name, quant, args, device, limits, deadline, rows, save)
+            for i, kernels in enumerate(args.kernel_choices):  # the reference once, with the first choice
+                run_model(name, quant, kernels, args, device, limits, deadline, rows, save, with_reference=i == 0)
     add_speedups(rows)
+    add_kernel_ratios(rows)
     result["seconds"] = time.monotonic() - started
     save()
     where = info.get("gpu") or f"{info['cpu']}, {info['torch_threads']} threads"
@@ -252,7 +294,10 @@ def main(argv=None):
     for r in rows:
         if "speedup" in r:
             print(f"speed-up over the reference path: {r['speedup']:.2f}x ({r['model']}, P+G {r['lengths']}, "
-                  f"batch {r['batch']}, {r['schedule']}, {r['mode']})")
+                  f"batch {r['batch']}, {r['schedule']}, {r['mode']}, kernels {r['kernels']})")
+        if "vs_torch_kernels" in r and r["kernels"] != "torch":
+            print(f"kernels {r['kernels']} over torch: {r['vs_torch_kernels']:.2f}x ({r['model']}, "
+                  f"P+G {r['lengths']}, batch {r['batch']}, {r['schedule']}, {r['mode']})")
     print(f"\n{where}, {args.dtype}, block {args.block_length}, {info['date']}\n")
     print(results.markdown_table(rows, results.GENERATE_COLUMNS))
 

@@ -17,21 +17,28 @@ up to --kernel-max-m rows; path "dequant": dequantize, then cuBLAS). The last li
 format and shape, the largest M up to which the kernel beats dequant at every measured M, and
 the value of ILLADA_QUANT_MATMUL_MAX_M (the rows up to which path "auto" takes the kernel) that
 keeps the faster path at every measured shape.
+
+--out FILE.json is rewritten after every row (the crossover too), so a run cut short keeps the rows done.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
+import os
 import platform
 import statistics
+import sys
 import time
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules
 
-from illada_rt import build_info, ops
-from illada_rt.quant import formats
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from illada_rt import build_info, ops  # noqa: E402
+from illada_rt.quant import formats  # noqa: E402
+
+import results  # noqa: E402
 
 LLADA_SHAPES = [(4096, 4096), (2 * 12288, 4096), (4096, 12288)]
 CPU_SHAPES = [(64, 128), (96, 256)]
@@ -116,7 +123,8 @@ def row(fmt, path, n, k, m, seconds, nbytes, dense_seconds):
                 speedup_vs_bf16=None if dense_seconds is None else dense_seconds / seconds)
 
 
-def run(args) -> dict:
+def run(args, save=lambda result: None) -> dict:
+    """Every (shape, M, format, path); save(result) is called after every row."""
     device = torch.device(args.device)
     if device.type == "cuda" and not (torch.cuda.is_available() and build_info()["cuda"]):
         raise RuntimeError("--device cuda needs a CUDA device and a CUDA build of illada_rt")
@@ -124,33 +132,45 @@ def run(args) -> dict:
     ms = args.m or ([1, 7] if device.type == "cpu" else [32, 64, 128, 256, 512, 1024, 4096, 16384])
     xdtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
-    rows = []
+    result = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        torch_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        group_size=args.group_size, warmup=args.warmup, repeats=args.repeats,
+        quant_matmul_max_m=ops.QUANT_MATMUL_MAX_M, rows=[], crossover=crossover([]))
+    rows = result["rows"]
+
+    def add(r: dict) -> None:  # every row is saved as soon as it is measured
+        rows.append(r)
+        result["crossover"] = crossover(rows)
+        done = (f"{r['ms']:.4f} ms" if "ms" in r else
+                f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error']}")
+        print(f"{r['format']} {r.get('path', '-')} {r['n']}x{r['k']} M {r['m']}: {done}", flush=True)
+        save(result)
+
     for n, k in shapes:
         w = (torch.randn(n, k, generator=g, device=device) * k ** -0.5).to(xdtype)
         quantized = {fmt: formats.quantize_weight(w, fmt, group_size=args.group_size) for fmt in args.formats}
         for m in ms:
             x = torch.randn(m, k, generator=g, device=device).to(xdtype)
             dense = time_call(lambda: F.linear(x, w), device, args.warmup, args.repeats)
-            rows.append(row(f"{xdtype}".replace("torch.", ""), "torch", n, k, m, dense, w.numel() * w.element_size(),
-                            dense))
+            add(row(f"{xdtype}".replace("torch.", ""), "torch", n, k, m, dense, w.numel() * w.element_size(), dense))
             for fmt, qw in quantized.items():
                 reason = fp8_unsupported(device) if fmt == "fp8" else None
                 if reason:
-                    rows.append(dict(format=fmt, n=n, k=k, m=m, skipped=reason))
+                    add(dict(format=fmt, n=n, k=k, m=m, skipped=reason))
                     continue
                 for label, path in paths(fmt, device, m, args.kernel_max_m):
                     try:
                         seconds = time_call(quant_call(qw, x, path), device, args.warmup, args.repeats)
                     except ValueError as e:  # a shape the kernel does not take
-                        rows.append(dict(format=fmt, path=label, n=n, k=k, m=m, skipped=str(e)))
+                        add(dict(format=fmt, path=label, n=n, k=k, m=m, skipped=str(e)))
                         continue
-                    rows.append(row(fmt, label, n, k, m, seconds, weight_bytes(qw), dense))
-    return dict(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        torch_cuda=torch.version.cuda, torch=torch.__version__, build=build_info(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        group_size=args.group_size, warmup=args.warmup, repeats=args.repeats,
-        quant_matmul_max_m=ops.QUANT_MATMUL_MAX_M, rows=rows, crossover=crossover(rows))
+                    except RuntimeError as e:  # a failing kernel: recorded, and the other rows go on
+                        add(dict(format=fmt, path=label, n=n, k=k, m=m, error=str(e).splitlines()[0][:200]))
+                        continue
+                    add(row(fmt, label, n, k, m, seconds, weight_bytes(qw), dense))
+    return result
 
 
 def print_rows(result: dict) -> None:
@@ -160,8 +180,8 @@ def print_rows(result: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         head = f"| {r['format']} | {r.get('path', '-')} | {r['n']} | {r['k']} | {r['m']} |"
-        if "skipped" in r:
-            print(f"{head} skipped: {r['skipped']} | | | |")
+        if "ms" not in r:
+            print(f"{head} " + (f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error']}") + " | | | |")
             continue
         print(f"{head} {r['ms']:.4f} | {r['tflops']:.2f} | {r['weight_gbps']:.1f} | {r['speedup_vs_bf16']:.2f} |")
     cross = result["crossover"]
@@ -186,7 +206,7 @@ def parse_args(argv=None):
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", help="write the results as JSON here (rewritten after every row)")
     args = p.parse_args(argv)
     bad = set(args.formats) - set(formats.FORMATS)
     if bad:
@@ -196,11 +216,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = run(args)
+    result = run(args, save=(lambda r: results.write_json(args.out, r)) if args.out else (lambda r: None))
     print_rows(result)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        results.write_json(args.out, result)
     return result
 
 

@@ -21,6 +21,8 @@ Columns:
   GPU peak MiB        torch.cuda.max_memory_allocated during the load (CUDA only)
 Large allocations are made to go back to the system when freed (MALLOC_MMAP_THRESHOLD_), so
 the resident size follows what the load holds rather than what the allocator keeps.
+The JSON is rewritten after every load, so a run cut short keeps the loads done; a load that fails
+is recorded with its error (the others still run) and makes the exit status 1.
 """
 from __future__ import annotations
 
@@ -179,27 +181,31 @@ def main(argv=None) -> dict:
     dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
     formats = [f for f in args.formats.split(",") if f]
 
+    info = device_info(torch.device(args.device))
+    rows = []
+    result = dict(info, kind="quant_load", model=args.model or f"synthetic medium, {args.layers} layers, bf16",
+                  dtype=dtype, group_size=None, rows=rows)
+    path = result_path(args.out, info, "quant_load")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
             model_dir = os.path.join(tmp, "medium")
             write_synthetic(model_dir, dict(MEDIUM, n_layers=args.layers), torch.bfloat16)
-        group_size = group_size_for(ModelConfig.from_dir(model_dir))
+        group_size = result["group_size"] = group_size_for(ModelConfig.from_dir(model_dir))
         loads = [("dense", model_dir, "")] + [(f, model_dir, f) for f in formats]
         if not args.no_stored:
-            stored = os.path.join(tmp, "int8")
-            illada_rt.quantize(model_dir, stored, "int8")
-            loads.append(("int8 stored", stored, ""))
-        rows = []
-        for label, path, quantization in loads:
-            row = dict(load=label, **run_fresh(path, quantization, args.device, dtype, group_size))
+            loads.append(("int8 stored", os.path.join(tmp, "int8"), ""))
+        for label, load_dir, quantization in loads:
+            try:
+                if label == "int8 stored":
+                    illada_rt.quantize(model_dir, load_dir, "int8")
+                row = dict(load=label, **run_fresh(load_dir, quantization, args.device, dtype, group_size))
+                print(f"{label}: {row['seconds']:.2f} s, host peak {row['host_peak_mib']:.1f} MiB", file=sys.stderr)
+            except (RuntimeError, ValueError, OSError) as e:
+                row = dict(load=label, error=str(e).strip().splitlines()[-1][:300])
+                print(f"{label}: failed: {e}", file=sys.stderr)
             rows.append(row)
-            print(f"{label}: {row['seconds']:.2f} s, host peak {row['host_peak_mib']:.1f} MiB", file=sys.stderr)
-
-    info = device_info(torch.device(args.device))
-    result = dict(info, kind="quant_load", model=args.model or f"synthetic medium, {args.layers} layers, bf16",
-                  dtype=dtype, group_size=group_size, rows=rows)
-    path = result_path(args.out, info, "quant_load")
+            write_json(path, result)
     write_json(path, result)
     print(markdown_table(rows, LOAD_COLUMNS))
     print(f"wrote {path}")
@@ -207,4 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("error" in row for row in main()["rows"]) else 0)

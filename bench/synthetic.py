@@ -13,6 +13,7 @@ import torch
 from illada_rt import Engine, ModelConfig, reference
 from illada_rt.loader import PREFIX, expected_shapes
 from illada_rt.model import LLaDAModel
+from illada_rt.ops import select_kernels
 
 _COMMON = dict(model_type="llada", rms_norm_eps=1e-5)
 SYNTHETIC = {
@@ -85,17 +86,18 @@ def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, dev
     """(engine, reference model on the same weights or None when quantized, label).
     engine_kwargs go to the Engine; quant: None or a format ("int8", "int4", "fp8")."""
     engine_kwargs = dict(engine_kwargs or {})
+    kernels = engine_kwargs.pop("kernels", None)          # a kernel spec (ops/kernels.py), None: the default
     if model_dir:
         if quant:
             engine_kwargs["quantization"] = quant
-        eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype, **engine_kwargs)
+        eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype, kernels=kernels, **engine_kwargs)
         label = model_dir
     else:
         cfg = synthetic_config(synthetic, n_layers)
         named = synthetic_weights(cfg, dtype, device)
         if quant:
             named = quantized(named, cfg, quant, dtype, device)
-        eng = Engine(LLaDAModel.from_weights(cfg, named), **engine_kwargs)
+        eng = Engine(LLaDAModel.from_weights(cfg, named, select_kernels(kernels, device)), **engine_kwargs)
         label = f"synthetic {synthetic}" + (f" ({n_layers} layers)" if n_layers else "")
     ref = None if quant else reference.ReferenceModel(eng.cfg, shared_state(eng.model))
     return eng, ref, label

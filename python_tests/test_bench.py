@@ -63,6 +63,7 @@ def test_bench_generate_cpu_smoke(tmp_path):
                     "gb_per_s", "roofline_flops", "roofline_bytes"):
             assert positive(row[key]), (key, row)
         assert row["gen_length"] == 16 and row["block_length"] == 8
+        assert row["kernels"] == ("default" if row["path"] == "engine" else "-")
         if row["path"] == "engine":
             assert positive(row["speedup"])
     step_timed = [row for row in rows if row["schedule"] == "steps" and row["mode"] == "exact"]
@@ -91,6 +92,41 @@ def test_bench_generate_time_budget_skips_and_still_writes(tmp_path):
     # weights_gib: the model's weight bytes; int8 blocks (the 4 MiB float32 embedding stays dense)
     weights = {row["quant"]: row["weights_gib"] for row in rows if row.get("weights_gib")}
     assert set(weights) == {"none", "int8"} and weights["int8"] < 0.75 * weights["none"], rows
+
+
+def test_bench_generate_custom_vs_torch_kernels_in_one_run(tmp_path):
+    r = run_script("bench_generate.py", "--n-layers", "1", "--prompt-len", "8", "--gen-length", "16",
+                   "--block-length", "8", "--max-steps", "2", "--ref-max-steps", "2", "--repeats", "1",
+                   "--kernels", "custom,torch", "--matmul-size", "128", "--copy-mib", "4", "--out", str(tmp_path))
+    _, data = only_json(tmp_path)
+    rows = data["rows"]
+    assert all(row["status"] == "ok" for row in rows), rows
+    # one engine row per kernels choice, the reference once (it does not use the kernels)
+    assert [(row["path"], row["kernels"]) for row in rows] == [("engine", "custom"), ("reference", "-"),
+                                                               ("engine", "torch")]
+    custom, _, torch_row = rows
+    assert custom["vs_torch_kernels"] == pytest.approx(custom["tokens_per_s"] / torch_row["tokens_per_s"])
+    assert torch_row["vs_torch_kernels"] == 1.0 and positive(custom["speedup"]) and positive(torch_row["speedup"])
+    assert data["settings"]["kernel_choices"] == ["custom", "torch"]
+    assert "kernels custom over torch:" in r.stdout and "| x torch |" in r.stdout
+
+
+def test_bench_generate_kernel_choices():
+    assert bench_generate.parse_args([]).kernel_choices == ["default"]   # the engine's default: no keyword
+    assert bench_generate.parse_args(["--kernels", "custom,torch"]).kernel_choices == ["custom", "torch"]
+    assert bench_generate.parse_args(["--kernels", "auto", "--kernels", "attention=torch,remask=custom",
+                                      "--kernels", "auto"]).kernel_choices == ["auto", "attention=torch,remask=custom"]
+    with pytest.raises(SystemExit):
+        bench_generate.parse_args(["--kernels", "cuda"])
+
+
+def test_kernel_ratios_compare_with_the_torch_row_of_the_same_configuration():
+    config = dict(model="m", quant="none", lengths="8+16", batch=1, schedule="steps", mode="exact", path="engine")
+    rows = [dict(config, kernels="custom", tokens_per_s=30.0), dict(config, kernels="torch", tokens_per_s=10.0),
+            dict(config, kernels="auto", batch=2, tokens_per_s=5.0),   # no torch row at batch 2
+            dict(config, kernels="-", path="reference", tokens_per_s=1.0)]
+    bench_generate.add_kernel_ratios(rows)
+    assert [row.get("vs_torch_kernels") for row in rows] == [3.0, 1.0, None, None]
 
 
 def test_bench_kernels_cpu_smoke(tmp_path):

@@ -22,6 +22,7 @@ def test_load_test_smoke(tmp_path, capsys):
     summary = json.loads(out.read_text())
     assert status == 0, summary["errors"]
     assert summary["failed"] == 0 and summary["completed"] >= 2 and summary["completed"] == summary["requests"]
+    assert summary["exact"] == summary["requests"] and summary["token_agreement"] == 1.0   # on the CPU: bit-equal
     assert summary["latency_p50_s"] > 0 and summary["requests_per_s"] > 0
     assert "| requests |" in capsys.readouterr().out
 
@@ -33,3 +34,16 @@ def test_percentile_is_nearest_rank():
     values = list(range(1, 101))
     assert [load_test.percentile(values, q) for q in (50, 90, 99, 100)] == [50, 90, 99, 100]
     assert load_test.percentile([3.0], 99) == 3.0
+
+
+def test_token_agreement_and_its_option():
+    spec = importlib.util.spec_from_file_location("load_test", SCRIPT)
+    load_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_test)
+    assert load_test.token_agreement([1, 2, 3, 4], [1, 2, 9, 4]) == (3, 4)
+    assert load_test.token_agreement([1, 2], [1, 2, 3]) == (2, 3) and load_test.token_agreement([], []) == (0, 0)
+    assert load_test.parse_args([]).agreement == 1.0 and load_test.parse_args([]).device == "cpu"
+    assert load_test.parse_args(["--device", "cuda", "--agreement", "0.97"]).agreement == 0.97
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            load_test.parse_args(["--agreement", bad])
