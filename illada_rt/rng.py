@@ -31,12 +31,19 @@ def _mulhilo(a: int, b: torch.Tensor):
     return (p >> 32) & _U32, p & _U32
 
 
+def _on(t, device) -> torch.Tensor:
+    """An int64 tensor of t on `device`; a Python int becomes a 0-dim fill there, with no host-to-device
+    copy (a copy would break CUDA-graph capture of the step)."""
+    if isinstance(t, torch.Tensor):
+        return t.to(torch.int64)
+    return torch.full((), int(t), dtype=torch.int64, device=device)
+
+
 def philox4x32(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 on broadcastable int64 tensors (or ints) holding uint32 values, computed on
     the device of the tensors among them."""
     device = next((t.device for t in (c0, c1, c2, c3, k0, k1) if isinstance(t, torch.Tensor)), None)
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(
-        *(torch.as_tensor(t, dtype=torch.int64, device=device) for t in (c0, c1, c2, c3, k0, k1)))
+    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(*(_on(t, device) for t in (c0, c1, c2, c3, k0, k1)))
     c0, c1, c2, c3 = (t & _U32 for t in (c0, c1, c2, c3))
     k0, k1 = k0 & _U32, k1 & _U32
     for r in range(10):

@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from illada_rt import ops, reference
+from illada_rt import reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 CASES = [  # (B, Lq, Lk, H, Hkv, D)

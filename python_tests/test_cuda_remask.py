@@ -355,8 +355,6 @@ def test_cuda_remask_refuses_host_tensors(kernels):
 
 
 def test_cuda_remask_refuses_a_small_workspace(kernels):
-    if kernels.choice["remask"] == "torch":
-        pytest.skip("compiled only: the CUDA kernel's workspace size; the torch twin reads only its error word")
     case = make_case("devices", B=2, Lb=5, vocab=64)
     tokens = case["tokens"].cuda()
     with pytest.raises(ValueError, match="workspace"):

@@ -3,7 +3,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from illada_rt import ops
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from illada_rt import ops
 from illada_rt.quant import linear as qlinear
 from illada_rt.quant.formats import (FP8_MAX, QuantizedWeight, cat_rows, dequantize, quantize_weight,
                                      reference_linear, stored_parts)

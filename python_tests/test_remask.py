@@ -268,6 +268,37 @@ def test_remask_non_finite_logits_raise(kernels, dtype, bad):
     assert torch.equal(tokens, case["tokens"])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_remask_non_finite_logits_with_a_workspace_flag_it(kernels, bad):
+    """Given a workspace, the torch twin does what the CUDA kernel does on every device: word 0
+    turns non-zero (and stays so), nothing is transferred while it is set, no host read. The
+    compiled CPU kernel raises instead."""
+    g = generator(bad, "workspace")
+    case = make_step(g, B=2, Lb=6, vocab=80, masked_frac=1.0)
+    case["logits"][1, 4, 17] = bad
+    workspace = ops.remask_workspace(2, 6, "cpu")
+    c = dict(case)
+    tokens = c.pop("tokens").clone()
+    call = (lambda logits: kernels.remask_(logits, tokens, case["block_start"], vocab=80, mask_id=case["mask_id"],
+                                           seeds=case["seeds"], row_offset=case["row_offset"], step=case["step"],
+                                           k=torch.tensor([1, 1]), workspace=workspace))
+    if kernels.choice["remask"] == "custom":
+        with pytest.raises(RuntimeError, match="NaN or infinity"):
+            call(case["logits"])
+        return
+    call(case["logits"])
+    assert int(workspace[0]) != 0 and torch.equal(tokens, case["tokens"])
+    call(torch.randn(2, 6, 80, generator=g))           # finite logits, but the flag is sticky
+    assert int(workspace[0]) != 0 and torch.equal(tokens, case["tokens"])
+    workspace.zero_()
+    call(torch.randn(2, 6, 80, generator=g))
+    assert int((tokens != case["tokens"]).sum()) == 2
+    with pytest.raises(ValueError, match="workspace"):   # the compiled CUDA op's size rule
+        kernels.remask_(case["logits"], tokens, case["block_start"], vocab=80, mask_id=case["mask_id"],
+                        seeds=case["seeds"], row_offset=case["row_offset"], step=case["step"],
+                        k=torch.tensor([1, 1]), workspace=torch.zeros(3, dtype=torch.int64))
+
+
 def test_remask_non_finite_logits_of_unmasked_rows_are_not_read(kernels):
     # Only masked rows are chosen from; the reference likewise gives unmasked rows confidence -inf.
     g = generator("nonfinite-unmasked")

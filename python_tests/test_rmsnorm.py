@@ -4,7 +4,7 @@ import zlib
 import pytest
 import torch
 
-from illada_rt import ops, reference
+from illada_rt import reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 1), (3, 19), (19, 99), (5, 111), (2, 1024),  # [rows, dim]

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from illada_rt import ops
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 1), (3, 19), (19, 99), (7, 111), (2, 1024), (2, 3, 19), (1, 19, 99)]  # [..., F]

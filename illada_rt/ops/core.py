@@ -114,6 +114,11 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
     return tokens
 
 
+def remask_workspace_bytes(batch: int, block_len: int) -> int:
+    """Bytes of scratch remask_ needs for a [batch, block_len] block (csrc/include/remask.h)."""
+    return int(_C.remask_workspace_bytes(int(batch), int(block_len)))
+
+
 def remask_workspace(batch: int, block_len: int, device) -> torch.Tensor:
     """Zeroed CUDA scratch for remask_ on a [batch, block_len] block; element 0 is the error flag."""
     return torch.zeros(-(-_C.remask_workspace_bytes(int(batch), int(block_len)) // 8), dtype=torch.int64,

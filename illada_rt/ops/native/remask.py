@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from ... import rng
+from ..core import remask_workspace_bytes
 from .contract import (expect, expect_float, expect_last_contiguous, expect_same_device, expect_shape,
                        expect_vector, refuse)
 
@@ -147,6 +148,8 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
     else:
         expect(workspace, "workspace", 1, torch.int64)
         expect_same_device(workspace, logits, "workspace", "logits")
+        if workspace.numel() * 8 < remask_workspace_bytes(B, Lb):     # the compiled op's rule, kept alike
+            refuse(f"remask: workspace holds {workspace.numel()} int64, remask_workspace({B}, {Lb}) needs more")
         flag = workspace[:1]
         flag.bitwise_or_(bad.any().to(torch.int64).view(1))
         allowed = flag == 0                                                      # [1]: sticky error blocks transfers
