@@ -19,17 +19,17 @@ from typing import Iterator, List, Optional, Sequence, Union
 
 import torch
 
-from . import infill as infill_mod
-from . import likelihood, validate
+from .decoding import infill as infill_mod
+from .decoding import likelihood, validate
 from .config import ModelConfig
-from .cuda_graphs import GraphCache
-from .denoise import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
+from .decoding.graph.capture import GraphCache
+from .decoding.loop import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
 from .device import resolve_device
-from .infill import InfillOutput
+from .decoding.infill import InfillOutput
 from .model import LLaDAModel
 from .ops import select_kernels
 from .quant.load import load_model
-from .stream import StreamEvent, stream_events
+from .decoding.stream import StreamEvent, stream_events
 from .engine_text import TextAPI
 from .text import NoTokenizerError
 

@@ -8,8 +8,8 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
-from . import infill as infill_mod
-from .denoise import answer_lengths
+from .decoding import infill as infill_mod
+from .decoding.loop import answer_lengths
 from .text import NoTokenizerError, TextCodec
 
 

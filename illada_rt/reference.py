@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import rng
 from .config import ModelConfig
-from .schedule import num_transfer_tokens
+from .decoding.schedule import num_transfer_tokens
 
 # ----------------------------------------------------------------------------- model
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import token_positions, transfer_step
-from .schedule import num_transfer_tokens
+from .decoding.schedule import num_transfer_tokens
 
 
 @torch.no_grad()

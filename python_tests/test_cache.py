@@ -6,7 +6,7 @@ import torch
 
 from conftest import random_prompt
 from illada_rt import DEMO_MODEL_DIR, Engine, reference
-from illada_rt.cache import BlockCache
+from illada_rt.decoding.kv_cache import BlockCache
 
 MODES = ["prefix", "dual"]
 OPTIONS = [dict(), dict(threshold=0.5), dict(threshold=0.9), dict(temperature=0.8, remasking="random"),

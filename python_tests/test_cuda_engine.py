@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from checkpoints import write_checkpoint
-from illada_rt import Engine, ModelConfig, cuda_graphs, ops, reference
-from illada_rt.cuda_graphs import GraphCache
-from illada_rt.denoise import Block, DenoiseSettings, StepBuffers
+from illada_rt import Engine, ModelConfig, ops, reference
+from illada_rt.decoding.graph import capture as cuda_graphs
+from illada_rt.decoding.graph.capture import GraphCache
+from illada_rt.decoding.loop import Block, DenoiseSettings, StepBuffers
 from illada_rt.loader import load_state_dict
 
 # head_dim 64: MHA with an untied head, and GQA (2 query heads per KV head) with a tied one

@@ -14,11 +14,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import random_prompt
 from test_cache import padded_prompt
-from illada_rt import cuda_graphs, graph_loop
-from illada_rt.cuda_graphs import GraphCache
-from illada_rt.denoise import DenoiseSettings, denoise
-from illada_rt.graph_loop import run_steps, steps_per_full_block
-from illada_rt.graph_step import StepState, denoise_step, graph_key
+from illada_rt.decoding.graph import capture as cuda_graphs, replay as graph_loop
+from illada_rt.decoding.graph.capture import GraphCache
+from illada_rt.decoding.loop import DenoiseSettings, denoise
+from illada_rt.decoding.graph.replay import run_steps, steps_per_full_block
+from illada_rt.decoding.graph.state import StepState, denoise_step, graph_key
 
 KW = dict(steps=8, gen_length=16, block_length=8)
 OPTIONS = [

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .. import validate
+from ..decoding import validate
 from .cohort import cohort_key, run_cohort
 from .requests import Request, RequestOutput
 

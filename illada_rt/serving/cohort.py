@@ -19,7 +19,7 @@ from typing import List, Optional, Union
 
 import torch
 
-from ..denoise import answer_lengths, denoise_steps
+from ..decoding.loop import answer_lengths, denoise_steps
 from .requests import Request, RequestCancelledError, RequestEvent, RequestOutput, RequestTimeoutError
 
 Result = Union[RequestOutput, BaseException]

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import infill as infill_mod
+from ..decoding import infill as infill_mod
 from ..text import NoTokenizerError
 from . import openai_schema as schema
 from . import sse

@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from ..denoise import Block, DenoiseSettings
+from ..decoding.loop import Block, DenoiseSettings
 
 
 class QueueFullError(RuntimeError):

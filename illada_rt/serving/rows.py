@@ -15,10 +15,10 @@ from typing import List
 import torch
 
 from .. import ops
-from ..denoise import _fill_after_stop, scheduled_steps
+from ..decoding.loop import _fill_after_stop, scheduled_steps
 from ..model import LLaDAModel
 from ..quant.linear import linear
-from ..schedule import num_transfer_tokens
+from ..decoding.schedule import num_transfer_tokens
 from .requests import Request
 
 

@@ -17,7 +17,7 @@ from typing import Deque, List, Optional
 
 import torch
 
-from ..denoise import answer_lengths
+from ..decoding.loop import answer_lengths
 from .metrics import Metrics
 from .requests import (EngineClosedError, QueueFullError, Request, RequestCancelledError, RequestEvent,
                        RequestOutput, RequestTimeoutError)

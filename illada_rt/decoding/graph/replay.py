@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .denoise import _fill_after_stop, scheduled_steps
-from .graph_step import StepState
-from .schedule import num_transfer_tokens
+from ..loop import _fill_after_stop, scheduled_steps
+from .state import StepState
+from ..schedule import num_transfer_tokens
 
 
 def steps_per_full_block(block_length: int, steps_per_block: int) -> int:

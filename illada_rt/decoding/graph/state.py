@@ -25,10 +25,10 @@ from typing import Optional
 
 import torch
 
-from . import ops
-from .denoise import DenoiseSettings
-from .model import LLaDAModel
-from .schedule import num_transfer_tokens
+from ... import ops
+from ..loop import DenoiseSettings
+from ...model import LLaDAModel
+from ..schedule import num_transfer_tokens
 
 
 def graph_key(batch: int, length: int, block_length: int, padded: bool, s: DenoiseSettings) -> tuple:

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .model import KVCache, LLaDAModel
+from ..model import KVCache, LLaDAModel
 
 CACHE_MODES = ("prefix", "dual")
 

@@ -14,9 +14,9 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
 
-from . import ops
-from .cache import CACHE_MODES, BlockCache
-from .model import LLaDAModel
+from .. import ops
+from .kv_cache import CACHE_MODES, BlockCache
+from ..model import LLaDAModel
 from .schedule import num_transfer_tokens
 
 

@@ -17,8 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import validate
-from .config import ModelConfig
-from .denoise import Block
+from ..config import ModelConfig
+from .loop import Block
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, List, Optional
 
 import torch
 
-from .denoise import Progress
+from .loop import Progress
 
 
 @dataclass

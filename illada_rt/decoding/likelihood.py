@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .model import LLaDAModel
+from ..model import LLaDAModel
 
 
 def as_token_list(seq, name: str) -> List[int]:

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 REMASKING = ("low_confidence", "random")
 

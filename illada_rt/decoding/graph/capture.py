@@ -34,10 +34,10 @@ from typing import List, Optional
 
 import torch
 
-from .denoise import Block, DenoiseSettings, denoise
-from .graph_loop import run_steps
-from .graph_step import StepState, denoise_step, graph_key, step_body, step_epilogue, step_prologue
-from .model import LLaDAModel
+from ..loop import Block, DenoiseSettings, denoise
+from .replay import run_steps
+from .state import StepState, denoise_step, graph_key, step_body, step_epilogue, step_prologue
+from ...model import LLaDAModel
 
 IF_NODE_METHODS = ("begin_capture_to_if_node", "end_capture_to_conditional_node")
 
