@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from illada_rt import reference  # noqa: E402
 from illada_rt.device import resolve_device  # noqa: E402
 from illada_rt.engine import DTYPES  # noqa: E402
-from illada_rt.quant.load import weight_bytes  # noqa: E402
+from illada_rt.model import weight_bytes  # noqa: E402
 
 import measure  # noqa: E402
 import results  # noqa: E402

@@ -31,7 +31,7 @@ import time
 import torch
 
 from illada_rt import DEMO_MODEL_DIR, Engine, ModelConfig, build_info
-from illada_rt.quant.load import weight_bytes
+from illada_rt.model import weight_bytes
 from illada_rt.quant.spec import QuantSpec, quantized_shapes
 
 FORMATS = ("int8", "int4", "fp8")

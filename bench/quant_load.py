@@ -110,18 +110,17 @@ def largest_tensor_bytes(model_dir: str) -> int:
 
 def measure_load(model_dir: str, quantization: str, device: str, dtype: str, group_size: int) -> dict:
     """One load in this process (run it in a fresh one): seconds and memory, as in the module docstring."""
-    from illada_rt import ModelConfig
-    from illada_rt.quant.load import load_model, weight_bytes
+    from illada_rt.loading import load_model
+    from illada_rt.model import weight_bytes
 
     dev = torch.device(device)
-    cfg = ModelConfig.from_dir(model_dir)
     if dev.type == "cuda":
         torch.empty(1, device=dev)  # the CUDA context exists before the baseline
         torch.cuda.reset_peak_memory_stats(dev)
     gc.collect()
     with AnonPeak() as host:
         start = time.perf_counter()
-        model = load_model(model_dir, cfg, DTYPES[dtype], dev, progress=host.sample,
+        model = load_model(model_dir, DTYPES[dtype], dev, progress=host.sample,
                            quantization=quantization or None, group_size=group_size)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

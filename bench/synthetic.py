@@ -11,7 +11,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 
 from illada_rt import Engine, ModelConfig, reference
-from illada_rt.loader import PREFIX, expected_shapes
+from illada_rt.config import PREFIX, expected_shapes
 from illada_rt.model import LLaDAModel
 from illada_rt.ops import select_kernels
 
@@ -74,7 +74,7 @@ def shared_state(model: LLaDAModel) -> Dict[str, torch.Tensor]:
 def quantized(named, cfg: ModelConfig, fmt: str, dtype: torch.dtype, device: torch.device):
     """The weights quantized to `fmt` as they stream in, where this illada_rt has quantization at load."""
     try:
-        from illada_rt.quant.load import quantize_stream
+        from illada_rt.loading.quantize_at_load import quantize_stream
         from illada_rt.quant.spec import QuantSpec
     except ImportError as e:
         raise ValueError(f"quantization {fmt!r}: this illada_rt cannot quantize at load ({e})") from None

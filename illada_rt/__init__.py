@@ -3,9 +3,8 @@ import os
 
 from .config import ConfigError, ModelConfig
 from .engine import Engine, GenerationOutput
-from .loader import CheckpointError
+from .loading import CheckpointError, quantize
 from .ops import build_info
-from .quant.checkpoint import quantize
 from .serving import AsyncEngine, SyncEngine
 from .text import NoTokenizerError
 

@@ -180,7 +180,8 @@ def _info(args) -> int:
 
     from . import ops
     from .config import ModelConfig
-    from .quant.spec import QuantSpec, check_spec, estimate_weight_bytes, read_section
+    from .loading.checkpoint import read_section
+    from .quant.spec import QuantSpec, check_spec, estimate_weight_bytes
 
     cfg = ModelConfig.from_dir(args.model)
     n = cfg.num_parameters
@@ -210,7 +211,7 @@ def _info(args) -> int:
 
 
 def _convert(args) -> int:
-    from .quant.checkpoint import quantize
+    from .loading import quantize
 
     start = time.perf_counter()
     quantize(args.model, args.out, args.format, group_size=args.group_size, quantize_head=args.quantize_head,

@@ -1,15 +1,16 @@
-"""Model configuration read from a checkpoint's config.json.
+"""Model configuration read from a checkpoint's config.json, and the parameter names and shapes it implies.
 
 Every architectural number comes from the file; nothing about LLaDA or iLLaDA is
 hard-coded. Options the runtime cannot honour raise ConfigError instead of
-silently building a different model.
+silently building a different model. read_config_json is the one place that opens
+config.json (loading.Checkpoint calls it once per load).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 
 class ConfigError(ValueError):
@@ -122,14 +123,44 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, model_dir: str) -> "ModelConfig":
-        path = os.path.join(model_dir, "config.json")
-        if not os.path.isfile(path):
-            raise ConfigError(f"{path}: no config.json in the model directory")
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
+        """The config of a checkpoint directory (loading.Checkpoint.open also keeps the rest of the file)."""
+        raw, path = read_config_json(model_dir)
         return cls.from_dict(raw, source=path)
+
+
+def read_config_json(model_dir: str) -> Tuple[dict, str]:
+    """(config.json of `model_dir` as a dict, its path); ConfigError where it is missing or not a JSON object."""
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no config.json in the model directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return raw, path
+
+
+# ------------------------------------------------------------------ public parameter names
+
+PREFIX = "model.transformer."          # every parameter name of a LLaDA checkpoint starts with it
+
+
+def expected_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, ...]]:
+    """Public parameter name -> shape, for every tensor the model needs (the checkpoint's names;
+    loading checks the files against it, the model packs what arrives by it)."""
+    d, f, kv = cfg.d_model, cfg.mlp_hidden_size, cfg.n_kv_heads * cfg.head_dim
+    shapes = {PREFIX + "wte.weight": (cfg.embedding_size, d), PREFIX + "ln_f.weight": (d,)}
+    if not cfg.weight_tying:
+        shapes[PREFIX + "ff_out.weight"] = (cfg.embedding_size, d)
+    for i in range(cfg.n_layers):
+        p = f"{PREFIX}blocks.{i}."
+        shapes.update({
+            p + "attn_norm.weight": (d,), p + "ff_norm.weight": (d,),
+            p + "q_proj.weight": (d, d), p + "k_proj.weight": (kv, d), p + "v_proj.weight": (kv, d),
+            p + "attn_out.weight": (d, d),
+            p + "ff_proj.weight": (f, d), p + "up_proj.weight": (f, d), p + "ff_out.weight": (d, f),
+        })
+    return shapes

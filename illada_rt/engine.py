@@ -28,7 +28,7 @@ from .device import resolve_device
 from .decoding.infill import InfillOutput
 from .model import LLaDAModel
 from .ops import select_kernels
-from .quant.load import load_model
+from .loading import load_model
 from .decoding.stream import StreamEvent, stream_events
 from .engine_text import TextAPI
 from .text import NoTokenizerError
@@ -113,9 +113,7 @@ class Engine(TextAPI):
         torch_dtype = _resolve_dtype(dtype)
         dev = resolve_device(device)
         kern = select_kernels(kernels, dev)
-        cfg = ModelConfig.from_dir(model_dir)
-        model = load_model(model_dir, cfg, torch_dtype, dev, progress, quantization, quantize_head, group_size,
-                           kern)
+        model = load_model(model_dir, torch_dtype, dev, progress, quantization, quantize_head, group_size, kern)
         return cls(model, model_dir, use_cuda_graphs)
 
     def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

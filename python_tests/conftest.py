@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from checkpoints import write_checkpoint  # noqa: E402
 
 from illada_rt import Engine, ModelConfig, ops  # noqa: E402
-from illada_rt.loader import load_state_dict  # noqa: E402
+from illada_rt.loading import load_state_dict  # noqa: E402
 from illada_rt.reference import ReferenceModel  # noqa: E402
 
 KERNEL_IMPLS = ("custom", "torch")

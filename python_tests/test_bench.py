@@ -19,7 +19,7 @@ import results  # noqa: E402
 import synthetic  # noqa: E402
 
 from illada_rt import reference  # noqa: E402
-from illada_rt.loader import expected_shapes  # noqa: E402
+from illada_rt.config import expected_shapes  # noqa: E402
 
 
 def run_script(name, *args):

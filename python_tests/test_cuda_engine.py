@@ -21,7 +21,7 @@ from illada_rt import Engine, ModelConfig, ops, reference
 from illada_rt.decoding.graph import capture as cuda_graphs
 from illada_rt.decoding.graph.capture import GraphCache
 from illada_rt.decoding.loop import Block, DenoiseSettings, StepBuffers
-from illada_rt.loader import load_state_dict
+from illada_rt.loading import load_state_dict
 
 # head_dim 64: MHA with an untied head, and GQA (2 query heads per KV head) with a tied one
 CUDA_LAYOUTS = {"llada": dict(d_model=128, n_heads=2, n_kv_heads=2),

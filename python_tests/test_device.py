@@ -14,7 +14,7 @@ import torch
 from checkpoints import write_checkpoint
 from conftest import random_prompt
 from illada_rt import Engine, device, ops, reference
-from illada_rt.loader import load_state_dict
+from illada_rt.loading import load_state_dict
 from illada_rt.ops import kernels as kernel_choice
 
 DEFAULT_TARGETS = {"cuda": True, "cuda_sass": ["sm_80", "sm_89", "sm_90a"], "cuda_ptx": ["compute_90"]}

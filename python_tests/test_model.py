@@ -5,7 +5,7 @@ import torch
 from checkpoints import write_checkpoint
 from conftest import random_prompt
 from illada_rt import Engine, ModelConfig
-from illada_rt.loader import load_state_dict
+from illada_rt.loading import load_state_dict
 from illada_rt.reference import ReferenceModel
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from illada_rt.quant import linear as qlinear
+from illada_rt.model import linear as qlinear
 from illada_rt.quant.formats import (FP8_MAX, QuantizedWeight, cat_rows, dequantize, quantize_weight,
                                      reference_linear, stored_parts)
-from illada_rt.quant.linear import linear, quantized_linear
+from illada_rt.model.linear import linear, quantized_linear
 
 SHAPES = [(19, 64), (111, 96), (64, 32), (7, 160)]   # [N, K]: odd output counts, K divisible by 32
 
@@ -164,7 +164,7 @@ def test_linear_keeps_dense_weights_on_torch(kernels):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_norm_fused_fp8_activation_equals_norm_then_linear(kernels, dtype, with_residual):
-    from illada_rt.quant.linear import Fp8Activation, rmsnorm_into
+    from illada_rt.model.linear import Fp8Activation, rmsnorm_into
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 7, 64, generator=g).to(dtype)
     norm_w = (1 + 0.1 * torch.randn(64, generator=g)).to(dtype)

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from checkpoints import make_config, make_weights
 from conftest import random_prompt
 from illada_rt import CheckpointError, Engine, ModelConfig
+from illada_rt.loading.gptq import unpack_int32
 from illada_rt.quant.formats import QuantizedWeight, dequantize
-from illada_rt.quant.gptq import unpack_int32
 from illada_rt.quant.spec import BLOCK_MATRICES
 from illada_rt.reference import ReferenceModel
 

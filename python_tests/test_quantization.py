@@ -9,9 +9,9 @@ import torch
 from checkpoints import write_checkpoint
 from conftest import random_prompt
 from illada_rt import Engine, ModelConfig
-from illada_rt.loader import load_state_dict
+from illada_rt.loading import load_state_dict
 from illada_rt.quant.formats import QuantizedWeight, dequantize, quantize_weight
-from illada_rt.quant.load import weight_bytes
+from illada_rt.model import weight_bytes
 from illada_rt.quant.spec import EMBEDDING, HEAD, QuantSpec, check_spec, estimate_weight_bytes, quantized_shapes
 from illada_rt.reference import ReferenceModel
 
@@ -156,8 +156,8 @@ def test_fp8_refused_on_gpu_without_fp8(monkeypatch, dirs):
 
 def test_quantize_stream_reads_one_tensor_at_a_time(dirs):
     # each tensor is quantized and handed on before the next one is read: the host never holds the model
-    from illada_rt.loader import iter_weights
-    from illada_rt.quant.load import quantize_stream
+    from illada_rt.loading import iter_weights
+    from illada_rt.loading.quantize_at_load import quantize_stream
     cfg = ModelConfig.from_dir(dirs["illada"])
     read = []
 

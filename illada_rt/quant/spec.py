@@ -6,19 +6,17 @@ Quantized: every block matrix (q/k/v_proj, attn_out, ff_proj, up_proj, ff_out) a
 quantize_head, the LM head; with tied embeddings the head is a quantized copy of wte while the
 embedding itself stays dense. Embeddings and norms always stay in the base dtype.
 
-The "quantization" section of a quantized checkpoint's config.json is QuantSpec.to_section().
+The "quantization" section of a quantized checkpoint's config.json is QuantSpec.to_section()
+(loading/checkpoint.py reads it back). Nothing here reads files.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..config import ModelConfig
-from ..loader import PREFIX, CheckpointError, expected_shapes
+from ..config import PREFIX, ModelConfig, expected_shapes
 from .formats import FORMATS, stored_parts
 
 BLOCK_MATRICES = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
@@ -55,51 +53,6 @@ class QuantSpec:
         return {"format": self.format, "group_size": self.groups or None, "zero_point": self.zeros,
                 "quantize_head": self.quantize_head, "version": SECTION_VERSION,
                 "modules": list(BLOCK_MATRICES) + (["lm_head"] if self.quantize_head else [])}
-
-    @classmethod
-    def from_section(cls, raw, source: str) -> "QuantSpec":
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{source}: \"quantization\" must be an object, got {raw!r}")
-        fmt = raw.get("format")
-        if fmt not in FORMATS:
-            raise CheckpointError(f"{source}: quantization.format {fmt!r} is not one of {list(FORMATS)}")
-        group = raw.get("group_size")
-        if fmt == "int4" and (not isinstance(group, int) or isinstance(group, bool) or group <= 0 or group % 2):
-            raise CheckpointError(f"{source}: quantization.group_size {group!r} must be a positive even integer")
-        for key in ("zero_point", "quantize_head"):
-            if not isinstance(raw.get(key, False), bool):
-                raise CheckpointError(f"{source}: quantization.{key} must be true or false, got {raw[key]!r}")
-        if raw.get("version", SECTION_VERSION) != SECTION_VERSION:
-            raise CheckpointError(f"{source}: quantization.version {raw['version']!r} is not supported "
-                                  f"(this illada_rt reads version {SECTION_VERSION})")
-        return cls(fmt, group if fmt == "int4" else 128, bool(raw.get("zero_point", False)),
-                   bool(raw.get("quantize_head", False)))
-
-
-def read_config(model_dir: str) -> Tuple[dict, str]:
-    path = os.path.join(model_dir, "config.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f), path
-
-
-def foreign_method(model_dir: str) -> Optional[str]:
-    """quant_method of another library's quantization_config ("gptq", ...), None without one."""
-    raw, _ = read_config(model_dir)
-    if "quantization_config" not in raw or "quantization" in raw:
-        return None
-    return str((raw["quantization_config"] or {}).get("quant_method", "unknown"))
-
-
-def read_section(model_dir: str) -> Optional[QuantSpec]:
-    """The checkpoint's QuantSpec from config.json's "quantization" section, or None without one.
-    Another library's quantization_config raises, except GPTQ's (see gptq.py)."""
-    raw, path = read_config(model_dir)
-    method = foreign_method(model_dir)
-    if method is not None and method != "gptq":
-        raise CheckpointError(f"{path}: quantization_config (quant_method {method!r}) is another library's "
-                              "format; illada_rt reads its own quantized checkpoints (illada-rt convert) and 4-bit "
-                              "GPTQ, or quantizes a bf16/fp32 checkpoint at load (quantization=...)")
-    return None if "quantization" not in raw else QuantSpec.from_section(raw["quantization"], path)
 
 
 def quantized_shapes(cfg: ModelConfig, spec: QuantSpec) -> Dict[str, Tuple[int, int]]:

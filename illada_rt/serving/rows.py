@@ -17,7 +17,7 @@ import torch
 from .. import ops
 from ..decoding.loop import _fill_after_stop, scheduled_steps
 from ..model import LLaDAModel
-from ..quant.linear import linear
+from ..model.linear import linear
 from ..decoding.schedule import num_transfer_tokens
 from .requests import Request
 

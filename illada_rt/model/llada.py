@@ -1,41 +1,22 @@
 """The runtime's LLaDA forward: torch matmuls, fused kernels from illada_rt.ops for the rest.
 
-Weights are packed at load time: q/k/v into one [(H + 2 Hkv) * hd, d] matrix and the
-SwiGLU gate/up pair into one [2F, d] matrix, so each block runs three matmuls plus
-the output projection.
+The weights arrive packed (weights.py: q/k/v in one matrix, the SwiGLU gate/up pair in another),
+dense or quantized; every matmul goes through linear.py. The model knows nothing about files.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 
-from . import ops
-from .config import ModelConfig
-from .ops import Kernels, select_kernels
-from .loader import PREFIX, iter_weights
-from .quant.formats import QuantizedWeight, cat_rows
-from .quant.linear import linear, rmsnorm_into
-
-Matrix = Union[torch.Tensor, QuantizedWeight]  # a dense [N, K] weight or its quantized form
+from .. import ops
+from ..config import ModelConfig
+from ..ops import Kernels, select_kernels
+from .linear import linear, rmsnorm_into
+from .weights import LayerWeights, Matrix, Named, pack_weights
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, L, Hkv, hd] after RoPE
 RowSelect = Union[None, slice, torch.Tensor]         # rows of the final layer: all, a span, or [Lr] int64 positions
-
-
-@dataclass
-class LayerWeights:
-    attn_norm: torch.Tensor   # [d]
-    wqkv: Matrix              # [(H + 2 Hkv) * hd, d]
-    wo: Matrix                # [d, d]
-    ff_norm: torch.Tensor     # [d]
-    w_gate_up: Matrix         # [2F, d]
-    w_down: Matrix            # [d, F]
-
-
-def _cat_rows(parts: List[Matrix]) -> Matrix:
-    return cat_rows(parts) if isinstance(parts[0], QuantizedWeight) else torch.cat(parts)
 
 
 class LLaDAModel:
@@ -51,40 +32,11 @@ class LLaDAModel:
                                         ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta))
 
     @classmethod
-    def load(cls, model_dir: str, cfg: ModelConfig, dtype: torch.dtype, progress=None,
-             device: torch.device = torch.device("cpu"), kernels: Optional[Kernels] = None) -> "LLaDAModel":
-        """Stream the weights from a checkpoint directory (see loader.iter_weights) onto `device`,
-        tensor by tensor: the host holds one converted tensor at a time, never a second model."""
-        named = ((name, t.to(device)) for name, t in iter_weights(model_dir, cfg, dtype, progress))
-        return cls.from_weights(cfg, named, kernels)
-
-    @classmethod
-    def from_weights(cls, cfg: ModelConfig, named: Iterable[Tuple[str, torch.Tensor]],
-                     kernels: Optional[Kernels] = None) -> "LLaDAModel":
-        """Pack (public name, tensor) pairs layer by layer as they arrive: a layer's
-        tensors are concatenated once all nine are in, so at most one layer is held twice."""
-        pending, layers, top = {}, {}, {}
-        for name, t in named:
-            if not name.startswith(PREFIX + "blocks."):
-                top[name[len(PREFIX):]] = t
-                continue
-            idx, leaf = name[len(PREFIX + "blocks."):].split(".", 1)
-            group = pending.setdefault(int(idx), {})
-            group[leaf] = t
-            if len(group) == 9:
-                g = pending.pop(int(idx))
-                layers[int(idx)] = LayerWeights(
-                    attn_norm=g["attn_norm.weight"],
-                    wqkv=_cat_rows([g["q_proj.weight"], g["k_proj.weight"], g["v_proj.weight"]]),
-                    wo=g["attn_out.weight"], ff_norm=g["ff_norm.weight"],
-                    w_gate_up=_cat_rows([g["ff_proj.weight"], g["up_proj.weight"]]),
-                    w_down=g["ff_out.weight"])
-        if pending or sorted(layers) != list(range(cfg.n_layers)):
-            raise ValueError(f"incomplete layers: have {sorted(layers)}, partial {sorted(pending)}")
-        # a tied checkpoint may still bring its own (quantized) head: see quant/load.py
-        head = top["ff_out.weight"] if "ff_out.weight" in top else top["wte.weight"]
-        return cls(cfg, top["wte.weight"], [layers[i] for i in range(cfg.n_layers)], top["ln_f.weight"], head,
-                   kernels)
+    def from_weights(cls, cfg: ModelConfig, named: Named, kernels: Optional[Kernels] = None) -> "LLaDAModel":
+        """The model of (public name, tensor) pairs, packed as they arrive (see weights.pack_weights);
+        loading.load_model builds the pairs from a checkpoint directory."""
+        wte, layers, ln_f, head = pack_weights(cfg, named)
+        return cls(cfg, wte, layers, ln_f, head, kernels)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
                rows: RowSelect, pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):

@@ -8,7 +8,7 @@ A GPTQ linear [N outputs, K inputs] with group size G is stored as
 and w[n, k] = (code[k, n] - zero[g, n]) * scales[g, n] with g = g_idx[k]. The original format
 ("checkpoint_format": "gptq", the default) stores zero - 1; "gptq_v2" stores the zero itself.
 
-That is formats.py's int4 with zero points once transposed and unpacked, as long as the groups
+That is quant/formats.py's int4 with zero points once transposed and unpacked, as long as the groups
 are contiguous runs of G inputs: act-order checkpoints (desc_act, a permuted g_idx) are refused.
 Only the block matrices are read quantized; embeddings, norms and the head are dense.
 """
@@ -18,10 +18,12 @@ from typing import Iterator, Tuple, Union
 
 import torch
 
-from ..config import ModelConfig
-from ..loader import CheckpointError, expected_shapes, weight_files
-from .formats import QuantizedWeight
-from .spec import QuantSpec, quantized_shapes
+from ..config import ModelConfig, expected_shapes
+from ..quant.formats import QuantizedWeight
+from ..quant.spec import QuantSpec, quantized_shapes
+from .errors import CheckpointError
+from .safetensors import TensorReader
+
 
 def gptq_spec(raw: dict, path: str, cfg: ModelConfig) -> Tuple[QuantSpec, int]:
     """(int4 QuantSpec, zero offset) from config.json's quantization_config; CheckpointError where
@@ -74,10 +76,8 @@ def from_gptq(qweight, qzeros, scales, g_idx, group_size: int, zero_offset: int,
 def iter_gptq(model_dir: str, cfg: ModelConfig, spec: QuantSpec, zero_offset: int, dtype: torch.dtype,
               device: torch.device, progress=None) -> Iterator[Tuple[str, Union[torch.Tensor, QuantizedWeight]]]:
     """(public name, dense tensor in `dtype` or int4 QuantizedWeight) on `device` for a GPTQ checkpoint."""
-    from .checkpoint import TensorReader
-
-    files = weight_files(model_dir)
-    read = TensorReader(files, "the GPTQ checkpoint").read
+    reader = TensorReader(model_dir, "the GPTQ checkpoint")
+    files, read = reader.files, reader.read
     quantized = quantized_shapes(cfg, spec)
     dense = {n: s for n, s in expected_shapes(cfg).items() if n not in quantized}
     total = len(dense) + len(quantized)

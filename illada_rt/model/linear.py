@@ -4,7 +4,7 @@
 
 quantized_linear is the single place that chooses a quantized matmul: the op of the model's
 Kernels (ops.kernels: compiled or torch twin) named in KERNELS, which computes
-formats.reference_linear (the plain-torch spec).
+quant.formats.reference_linear (the plain-torch spec).
 
 fp8 (W8A8) quantizes the activations per token. A norm that feeds an fp8 matmul can do that
 itself: rmsnorm_into(kernels, next_weight, ...) returns an Fp8Activation (rmsnorm_quant_fp8), and
@@ -20,14 +20,14 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops import Kernels
-from .formats import QuantizedWeight
+from ..quant.formats import QuantizedWeight
 
 # format -> name of its matmul among the ops of a Kernels
 KERNELS = {"int8": "int8_linear", "int4": "int4_linear", "fp8": "fp8_linear"}
 
 
 def quantized_linear(kernels: Kernels, x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
-    """x [..., K] @ dequantize(qw).T -> [..., N] in x's dtype (see formats.py for each format)."""
+    """x [..., K] @ dequantize(qw).T -> [..., N] in x's dtype (see quant/formats.py for each format)."""
     kernel = getattr(kernels, KERNELS[qw.format])
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()                                   # [M, K]
@@ -48,7 +48,7 @@ class Fp8Activation:
 
 
 def fp8_matmul(act: Fp8Activation, qw: QuantizedWeight) -> torch.Tensor:
-    """[..., N] = (xq @ qweight.T) * a_scale * scale in act.dtype: formats.reference_linear after its
+    """[..., N] = (xq @ qweight.T) * a_scale * scale in act.dtype: quant.formats.reference_linear after its
     activation quantization (ops.fp8_matmul)."""
     if qw.format != "fp8":
         raise ValueError(f"fp8 activations need an fp8 weight, got a {qw.format} one")
