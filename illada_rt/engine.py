@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 
-from .decoding import infill as infill_mod
-from .decoding import likelihood, validate
 from .config import ModelConfig
-from .decoding.graph.capture import GraphCache
-from .decoding.loop import Block, DenoiseSettings, answer_blocks, answer_lengths, denoise, denoise_steps
+from .decoding import likelihood, validate
+from .decoding.infill import InfillOutput, plan_infill
+from .decoding.plan import GenerationPlan, plan_generation, resolve_seed
+from .decoding.runner import Runner
+from .decoding.step import answer_lengths
 from .device import resolve_device
-from .decoding.infill import InfillOutput
 from .model import LLaDAModel
 from .ops import select_kernels
 from .loading import load_model
 from .decoding.stream import StreamEvent, stream_events
-from .engine_text import TextAPI
-from .text import NoTokenizerError
+from .text import NoTokenizerError, TextCodec, TextFrontend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,30 +48,6 @@ class GenerationOutput:
         return self.sequences[:, self.prompt_length:]
 
 
-@dataclass
-class GenerationPlan:
-    """A checked generation request laid out on its canvas."""
-    canvas: torch.Tensor               # [B, P + gen_length] int64 on the device: the prompt, then masks
-    key_mask: Optional[torch.Tensor]   # [B, P + gen_length] bool, or None without padding (device)
-    prompt_len: int
-    block_length: int
-    blocks: List[Block]
-    seeds: torch.Tensor                # [B] seed + b (device)
-    row_offset: torch.Tensor           # [B] left padding (device)
-    settings: DenoiseSettings
-    stops: List[int]
-    seed: int
-
-
-def resolve_seed(seed: Optional[int]) -> int:
-    """A random seed for None; otherwise the seed, checked."""
-    if seed is None:
-        seed = int.from_bytes(os.urandom(8), "little") >> 2
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 62:
-        raise ValueError(f"seed must be an integer in [0, 2**62), got {seed!r}")
-    return seed
-
-
 def _resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
@@ -81,17 +56,17 @@ def _resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
 
 
-class Engine(TextAPI):
+class Engine:
     def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None, use_cuda_graphs: bool = True):
         self.model = model
-        # CUDA: generate() replays one captured denoising step per shape (cuda_graphs.py); False: eager
+        # CUDA: generate() replays one captured denoising step per shape (decoding/graph/); False: eager
         self.use_cuda_graphs = use_cuda_graphs
-        self._graphs = GraphCache(model) if use_cuda_graphs and model.device.type == "cuda" else None
+        self.runner = Runner(model, use_cuda_graphs)
         self.cfg: ModelConfig = model.cfg
         self.device: torch.device = model.device
         self.kernels = model.kernels   # per op family: the compiled kernel or its torch twin
         self.model_dir = model_dir
-        self._codec = None   # the checkpoint's tokenizer, loaded on first use (engine_text.py)
+        self.text = TextFrontend(self.cfg, model_dir)   # tokenizer and chat template (text/)
 
     @classmethod
     def from_pretrained(cls, model_dir: Union[str, os.PathLike], device: str = "cpu",
@@ -116,9 +91,6 @@ class Engine(TextAPI):
         model = load_model(model_dir, torch_dtype, dev, progress, quantization, quantize_head, group_size, kern)
         return cls(model, model_dir, use_cuda_graphs)
 
-    def _on_device(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        return None if t is None else t.to(self.device)
-
     # ------------------------------------------------------------------ tokens
 
     @torch.no_grad()
@@ -130,7 +102,8 @@ class Engine(TextAPI):
             raise ValueError(f"input length {ids.shape[1]} exceeds max_sequence_length {self.cfg.max_sequence_length}")
         mask = validate.as_attention_mask(attention_mask, ids)
         key_mask = None if mask is None else mask.bool()
-        return self.model.logits(self._on_device(ids), self._on_device(key_mask)).float()[..., : self.cfg.vocab_size]
+        key_mask = None if key_mask is None else key_mask.to(self.device)
+        return self.model.logits(ids.to(self.device), key_mask).float()[..., : self.cfg.vocab_size]
 
     def generate(self, input_ids, attention_mask=None, gen_length: int = 128, block_length: int = 32,
                  steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
@@ -142,71 +115,30 @@ class Engine(TextAPI):
         stop_at_eos: once a finished block holds a stop token (default: config eos_token_id),
         the rest of that answer becomes EOS and, when every sequence has stopped, the
         remaining blocks are skipped. answer_lengths counts tokens before the first stop token.
-        cache: None (exact), or Fast-dLLM's "prefix" or "dual" block KV cache (see cache.py):
+        cache: None (exact), or Fast-dLLM's "prefix" or "dual" block KV cache (decoding/kv_cache.py):
         cheaper steps that approximate the exact mode; not with cfg_scale > 0.
         """
-        job = self.plan_generation(input_ids, attention_mask, gen_length=gen_length, block_length=block_length,
-                            steps=steps, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
-                            threshold=threshold, cache=cache, seed=seed, stop_at_eos=stop_at_eos,
-                            stop_token_ids=stop_token_ids)
-        run = denoise if self._graphs is None else self._graphs.denoise
-        nfe = run(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset,
-                  job.settings)
-        sequences = job.canvas.cpu()
-        return GenerationOutput(sequences, nfe, answer_lengths(sequences[:, job.prompt_len:], job.stops),
-                                job.prompt_len, job.seed)
+        plan = self.plan_generation(input_ids, attention_mask, gen_length=gen_length, block_length=block_length,
+                                    steps=steps, temperature=temperature, cfg_scale=cfg_scale, remasking=remasking,
+                                    threshold=threshold, cache=cache, seed=seed, stop_at_eos=stop_at_eos,
+                                    stop_token_ids=stop_token_ids)
+        nfe = self.runner.run(plan)
+        sequences = plan.canvas.cpu()
+        return GenerationOutput(sequences, nfe, answer_lengths(sequences[:, plan.prompt_len:], plan.stops),
+                                plan.prompt_len, plan.seed)
 
     def stream(self, input_ids, attention_mask=None, every_step: bool = False, **options) -> Iterator[StreamEvent]:
         """generate() as a stream of StreamEvents (see stream.py): one per finished block, and
         with every_step=True one per denoising step. `options` are generate()'s.
         Arguments are checked here, before the first event is asked for."""
-        job = self.plan_generation(input_ids, attention_mask, **options)
-        progress = denoise_steps(self.model, job.canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds,
-                                 job.row_offset, job.settings)
-        return stream_events(progress, job.canvas, job.prompt_len, job.block_length, every_step,
-                             self.answer_decoder(job.stops))
+        plan = self.plan_generation(input_ids, attention_mask, **options)
+        return stream_events(self.runner.steps(plan), plan.canvas, plan.prompt_len, plan.block_length, every_step,
+                             self.answer_decoder(plan.stops))
 
-    def plan_generation(self, input_ids, attention_mask, gen_length: int = 128, block_length: int = 32,
-                        steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
-                        remasking: str = "low_confidence", threshold: Optional[float] = None,
-                        cache: Optional[str] = None, seed: Optional[int] = None, stop_at_eos: bool = False,
-                        stop_token_ids: Optional[Sequence[int]] = None) -> "GenerationPlan":
-        """Check generate()'s arguments and lay out the canvas [B, P + gen_length] on the device
-        (what generate, stream and the serving scheduler run)."""
-        ids = validate.as_token_batch(input_ids)
-        validate.check_tokens(ids, self.cfg)
-        mask = validate.as_attention_mask(attention_mask, ids)
-        B, P = ids.shape
-        _, steps_per_block = validate.check_schedule(P, gen_length, block_length, steps, self.cfg)
-        validate.check_sampling(temperature, cfg_scale, remasking, threshold)
-        stops = self._stop_ids(stop_token_ids)
-        if stop_at_eos and not stops:
-            raise ValueError("stop_at_eos needs stop_token_ids: the config has no eos_token_id")
-        settings = DenoiseSettings(
-            steps_per_block=steps_per_block, temperature=float(temperature), cfg_scale=float(cfg_scale),
-            remasking=remasking, threshold=None if threshold is None else float(threshold),
-            stop_token_ids=stops if stop_at_eos else (), fill_id=self.cfg.eos_token_id, cache=cache)
-        seed = resolve_seed(seed)
-
-        canvas = torch.full((B, P + gen_length), self.cfg.mask_token_id, dtype=torch.int64)
-        canvas[:, :P] = ids
-        key_mask, row_offset = None, torch.zeros(B, dtype=torch.int64)
-        if mask is not None:
-            key_mask = torch.cat([mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], 1)
-            row_offset = (mask == 0).sum(1).to(torch.int64)
-        seeds = torch.arange(B, dtype=torch.int64) + seed
-        dev = self._on_device
-        return GenerationPlan(dev(canvas), dev(key_mask), P, block_length, answer_blocks(P, gen_length, block_length),
-                    dev(seeds), dev(row_offset), settings, stops, seed)
-
-    def _stop_ids(self, stop_token_ids) -> List[int]:
-        if stop_token_ids is not None:
-            stops = [int(t) for t in stop_token_ids]
-            bad = [t for t in stops if not 0 <= t < self.cfg.vocab_size or t == self.cfg.mask_token_id]
-            if bad:
-                raise ValueError(f"stop_token_ids {bad} are outside the vocabulary or equal the mask id")
-            return stops
-        return [] if self.cfg.eos_token_id is None else [int(self.cfg.eos_token_id)]
+    def plan_generation(self, input_ids, attention_mask, **options) -> GenerationPlan:
+        """Check generate()'s arguments (`options`) and lay out the canvas [B, P + gen_length] on
+        the device: the plan that generate, stream and the serving scheduler run (decoding/plan.py)."""
+        return plan_generation(self.cfg, self.device, input_ids, attention_mask, **options)
 
     def infill(self, input_ids, attention_mask=None, steps: Optional[int] = None, block_length: Optional[int] = None,
                temperature: float = 0.0, remasking: str = "low_confidence", threshold: Optional[float] = None,
@@ -214,18 +146,56 @@ class Engine(TextAPI):
         """Fill every mask of input_ids [B, L] (anywhere, spans or single tokens); keep the rest.
 
         Masks are filled in blocks of block_length masks, left to right (None: one block),
-        with steps split evenly over the blocks (None: one step per mask); see infill.py.
+        with steps split evenly over the blocks (None: one step per mask); see decoding/infill.py.
         """
-        plan = infill_mod.plan(input_ids, attention_mask, self.cfg, steps, block_length)
-        validate.check_sampling(temperature, 0.0, remasking, threshold)
-        seed = resolve_seed(seed)
-        settings = DenoiseSettings(steps_per_block=plan.steps_per_block, temperature=float(temperature),
-                                   remasking=remasking, threshold=None if threshold is None else float(threshold))
-        seeds = torch.arange(plan.canvas.shape[0], dtype=torch.int64) + seed
-        dev = self._on_device
-        canvas, blocks = dev(plan.canvas), [Block(lo, hi, dev(owns)) for lo, hi, owns in plan.blocks]
-        nfe = denoise(self.model, canvas, dev(plan.key_mask), blocks, 0, dev(seeds), dev(plan.row_offset), settings)
-        return InfillOutput(canvas.cpu(), nfe, seed)
+        plan = plan_infill(self.cfg, self.device, input_ids, attention_mask, steps, block_length, temperature,
+                           remasking, threshold, seed)
+        nfe = self.runner.run(plan)
+        return InfillOutput(plan.canvas.cpu(), nfe, plan.seed)
+
+    # ------------------------------------------------------------------ text (through self.text)
+
+    @property
+    def codec(self) -> TextCodec:
+        """The checkpoint's tokenizer (NoTokenizerError where it ships none)."""
+        return self.text.codec
+
+    def answer_decoder(self, stops: List[int]) -> Optional[Callable[[torch.Tensor], List[str]]]:
+        """answers [B, n] -> their texts up to the first stop token; None without a tokenizer."""
+        return self.text.answer_decoder(stops)
+
+    def encode_prompts(self, prompts: Sequence[str], chat: bool = False):
+        """Token ids [B, P] left-padded and the attention mask [B, P] (text/frontend.py)."""
+        return self.text.encode_prompts(prompts, chat)
+
+    def generate_text(self, prompts: Union[str, Sequence[str]], chat: bool = False, **kwargs) -> Union[str, List[str]]:
+        """Generate from text prompts; returns the decoded answers (a str for a str prompt).
+        kwargs are generate()'s."""
+        single = isinstance(prompts, str)
+        batch = [prompts] if single else list(prompts)
+        if not batch:
+            raise ValueError("prompts is empty")
+        ids, mask = self.text.encode_prompts(batch, chat=chat)
+        out = self.generate(ids, attention_mask=mask if bool((mask == 0).any()) else None, **kwargs)
+        texts = [self.text.decode(out.answers[b, : int(out.answer_lengths[b])]) for b in range(len(batch))]
+        return texts[0] if single else texts
+
+    def infill_text(self, texts: Union[str, Sequence[str]], mask_marker: Optional[str] = None,
+                    **kwargs) -> Union[str, List[str]]:
+        """Fill the masks of text ("The <mask> is <mask><mask> blue"): one masked token per
+        marker (default: the tokenizer's mask token). Returns the decoded filled texts;
+        kwargs are infill()'s."""
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        if not batch:
+            raise ValueError("texts is empty")
+        ids, mask = self.text.encode_masked_texts(batch, mask_marker)
+        out = self.infill(ids, attention_mask=mask, **kwargs)
+        pads = [0] * len(batch) if mask is None else (mask == 0).sum(1).tolist()
+        filled = [self.text.decode(out.sequences[b, pads[b]:]) for b in range(len(batch))]
+        return filled[0] if single else filled
+
+    # ------------------------------------------------------------------ scores
 
     def log_likelihood(self, prompts, answers, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                        seed: int = 0) -> Union[float, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch
 
 from conftest import random_prompt
 from illada_rt import DEMO_MODEL_DIR, Engine, reference
-from illada_rt.decoding.kv_cache import BlockCache
+from illada_rt.decoding.kv_cache import BlockKVCache
 
 MODES = ["prefix", "dual"]
 OPTIONS = [dict(), dict(threshold=0.5), dict(threshold=0.9), dict(temperature=0.8, remasking="random"),
@@ -68,7 +68,7 @@ def test_block_step_on_a_fresh_cache_equals_full_forward(engines, layout, mode):
     canvas[:, 12] = 7                                       # an already unmasked token inside the block
     key_mask = torch.cat([mask.bool(), torch.ones(3, 12, dtype=torch.bool)], 1)
     lo, hi = 11, 17
-    cache = BlockCache(eng.model, mode)
+    cache = BlockKVCache(eng.model, mode)
     first = cache.block_logits(canvas, key_mask, lo, hi, 0)
     exact = eng.model.logits(canvas, key_mask, slice(lo, hi))
     torch.testing.assert_close(first, exact, rtol=0, atol=0)
@@ -112,7 +112,7 @@ def agreement(eng, ids, mask, mode, gen_length=32, block_length=8):
     B, P = ids.shape
     canvas = torch.cat([ids, torch.full((B, gen_length), cfg.mask_token_id)], 1)
     key_mask = None if mask is None else torch.cat([mask.bool(), torch.ones(B, gen_length, dtype=torch.bool)], 1)
-    cache, hits, total = BlockCache(model, mode), 0, 0
+    cache, hits, total = BlockKVCache(model, mode), 0, 0
     for lo in range(P, P + gen_length, block_length):
         rows = slice(lo, lo + block_length)
         for i in range(block_length):

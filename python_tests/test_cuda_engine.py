@@ -9,8 +9,7 @@ the extension that can run on the device. Their inputs are made on the device, a
 holding device tensors gives them; the CPU reference gets copies. Their checkpoints have
 head_dim 64 (d_model 128, 2 heads), since the bfloat16/float16 attention kernels need head_dim
 64 or 128. Graph tests print which graph path ran (conditional IF node or plain, and why):
-run with -rP to see it. The error-word check at the end runs everywhere.
-"""
+run with -rP to see it. """
 from typing import Optional
 
 import pytest
@@ -19,8 +18,7 @@ import torch
 from checkpoints import write_checkpoint
 from illada_rt import Engine, ModelConfig, ops, reference
 from illada_rt.decoding.graph import capture as cuda_graphs
-from illada_rt.decoding.graph.capture import GraphCache
-from illada_rt.decoding.loop import Block, DenoiseSettings, StepBuffers
+from illada_rt.decoding.graph.capture import StepGraphs
 from illada_rt.loading import load_state_dict
 
 # head_dim 64: MHA with an untied head, and GQA (2 query heads per KV head) with a tied one
@@ -246,7 +244,7 @@ def test_non_finite_logits_raise(models, options):
 
 def graph_path(engine: Engine, models) -> str:
     """The path of the engine's last used captured step, printed (run with -rP) and returned for messages."""
-    step = next(reversed(engine._graphs.steps.values()))
+    step = next(reversed(engine.runner.graphs.steps.values()))
     line = f"[{models['name']}] CUDA graph path: {step.path}"
     print("\n" + line)
     return line
@@ -261,12 +259,12 @@ def graph_path(engine: Engine, models) -> str:
 @pytest.mark.parametrize("with_mask", [False, True])
 @pytest.mark.parametrize("conditional", [None, False], ids=["auto", "plain"])
 def test_graph_replay_matches_eager(models, options, with_mask, conditional, record_property):
-    """CUDA-graph replay == the eager loop, token for token: GraphCache(conditional=None) takes the IF node
+    """CUDA-graph replay == the eager loop, token for token: StepGraphs(conditional=None) takes the IF node
     exactly where the probe finds it (else plain, saying why); False always captures plainly."""
     model = models["cuda"].model
     eager = Engine(model, use_cuda_graphs=False)
     graphed = Engine(model)
-    graphed._graphs = GraphCache(model, conditional=conditional)
+    graphed.runner.graphs = StepGraphs(model, conditional=conditional)
     ids, mask = padded(model.cfg) if with_mask else (device_prompt(model.cfg, 3, 6, seed=7), None)
     kw = {**KW, "seed": 11, **options}
     want = eager.generate(ids, attention_mask=mask, **kw)
@@ -274,8 +272,8 @@ def test_graph_replay_matches_eager(models, options, with_mask, conditional, rec
         got = graphed.generate(ids, attention_mask=mask, **kw)
         path = graph_path(graphed, models)
         assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe, path
-    assert len(graphed._graphs.steps) == 1
-    step = next(iter(graphed._graphs.steps.values()))
+    assert len(graphed.runner.graphs.steps) == 1
+    step = next(iter(graphed.runner.graphs.steps.values()))
     probe = cuda_graphs.conditional_nodes_unavailable()
     assert step.conditional == (conditional is None and probe is None), (path, probe)
     record_property("cuda_graph_path", step.path)
@@ -284,18 +282,18 @@ def test_graph_replay_matches_eager(models, options, with_mask, conditional, rec
 @pytest.mark.cuda
 @pytest.mark.parametrize("options", [dict(), dict(threshold=0.05), dict(cfg_scale=1.0, temperature=0.7)])
 def test_graph_replay_with_required_if_nodes(models, options):
-    """GraphCache(conditional=True) where this torch offers IF nodes: the body sits in one, or it raises."""
+    """StepGraphs(conditional=True) where this torch offers IF nodes: the body sits in one, or it raises."""
     why = cuda_graphs.conditional_nodes_unavailable()
     if why is not None:
         pytest.skip(f"no CUDA graph conditional nodes here: {why}")
     model = models["cuda"].model
     eager, graphed = Engine(model, use_cuda_graphs=False), Engine(model)
-    graphed._graphs = GraphCache(model, conditional=True)
+    graphed.runner.graphs = StepGraphs(model, conditional=True)
     ids, mask = padded(model.cfg)
     want = eager.generate(ids, mask, **KW, seed=4, **options)
     got = graphed.generate(ids, mask, **KW, seed=4, **options)
     path = graph_path(graphed, models)
-    assert next(iter(graphed._graphs.steps.values())).conditional, path
+    assert next(iter(graphed.runner.graphs.steps.values())).conditional, path
     assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe, path
 
 
@@ -310,9 +308,9 @@ def test_graph_cache_is_per_shape(models):
         kw = dict(gen_length=gen_length, block_length=8, steps=gen_length, temperature=0.5, seed=0)
         want, got = eager.generate(ids, mask, **kw), graphed.generate(ids, mask, **kw)
         assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe
-    assert len(graphed._graphs.steps) == 2
-    assert len({s.path for s in graphed._graphs.steps.values()}) == 1
-    assert Engine(model, use_cuda_graphs=False)._graphs is None
+    assert len(graphed.runner.graphs.steps) == 2
+    assert len({s.path for s in graphed.runner.graphs.steps.values()}) == 1
+    assert Engine(model, use_cuda_graphs=False).runner.graphs is None
 
 
 @pytest.mark.cuda
@@ -326,16 +324,3 @@ def test_graph_replay_bfloat16_agrees_with_eager(models):
         agree = float((got.sequences == want.sequences).double().mean())
         path = graph_path(graphed, models)
         assert agree > BF16_GRAPH_MIN, f"{options}: {agree:.3f} of the tokens agree; {path}"
-
-
-# ---------------------------------------------------------------- the error word (runs everywhere)
-
-
-def test_error_word_reaches_python():
-    """The error word check: zero passes, non-zero raises."""
-    canvas = torch.zeros(2, 8, dtype=torch.int64)
-    buf = StepBuffers(canvas, [Block(4, 8)], DenoiseSettings(steps_per_block=4))
-    buf.check_finite(0)
-    buf.workspace[0] = 1
-    with pytest.raises(RuntimeError, match="non-finite.*block 3"):
-        buf.check_finite(3)

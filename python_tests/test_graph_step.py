@@ -6,6 +6,7 @@ The step is also checked to be one fixed program: the same torch ops on the same
 step of every block, and none of them reading a value back to the host.
 """
 import contextlib
+import dataclasses
 import warnings
 
 import pytest
@@ -15,8 +16,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import random_prompt
 from test_cache import padded_prompt
 from illada_rt.decoding.graph import capture as cuda_graphs, replay as graph_loop
-from illada_rt.decoding.graph.capture import GraphCache
-from illada_rt.decoding.loop import DenoiseSettings, denoise
+from illada_rt.decoding.graph.capture import StepGraphs
+from illada_rt.decoding.loop import denoise
+from illada_rt.decoding.plan import DenoiseSettings
+from illada_rt.decoding.runner import graph_step_runs
 from illada_rt.decoding.graph.replay import run_steps, steps_per_full_block
 from illada_rt.decoding.graph.state import StepState, denoise_step, graph_key
 
@@ -32,22 +35,20 @@ OPTIONS = [
 
 def eager(eng, job):
     """(canvas, nfe) of the eager loop on a copy of the job's canvas."""
-    canvas = job.canvas.clone()
-    nfe = denoise(eng.model, canvas, job.key_mask, job.blocks, job.prompt_len, job.seeds, job.row_offset, job.settings)
-    return canvas, nfe
+    copy = dataclasses.replace(job, canvas=job.canvas.clone())
+    nfe = denoise(eng.model, copy)
+    return copy.canvas, nfe
 
 
 def new_state(eng, job):
-    B, L = job.canvas.shape
-    return StepState(eng.model, B, L, job.block_length, job.key_mask is not None, job.settings)
+    return StepState.for_plan(eng.model, job)
 
 
 def graph_step(eng, job, noop_is_cheap=False, st=None):
     """(canvas, nfe, state) of the graph step run eagerly by the host loop."""
     st = new_state(eng, job) if st is None else st
-    st.load(job.canvas, job.key_mask, job.seeds, job.row_offset, job.prompt_len)
-    nfe = run_steps(st, lambda: denoise_step(st), job.prompt_len, job.canvas.shape[1] - job.prompt_len,
-                    job.settings.stop_token_ids, job.settings.fill_id, noop_is_cheap=noop_is_cheap)
+    st.load(job)
+    nfe = run_steps(st, lambda: denoise_step(st), job, noop_is_cheap=noop_is_cheap)
     return st.canvas.clone(), nfe, st
 
 
@@ -109,9 +110,9 @@ def test_threshold_with_early_stop_is_left_to_the_eager_loop(engines):
     eng = engines["llada"][0]
     job = eng.plan_generation(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5, stop_at_eos=True,
                        stop_token_ids=[3])
-    assert not GraphCache.supports(job.settings)
-    assert GraphCache.supports(eng.plan_generation(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5).settings)
-    assert not GraphCache.supports(DenoiseSettings(steps_per_block=4, cache="dual"))
+    assert not graph_step_runs(job)
+    assert graph_step_runs(eng.plan_generation(random_prompt(eng.cfg, 1, 4, seed=0), None, **KW, threshold=0.5))
+    assert not graph_step_runs(dataclasses.replace(job, settings=DenoiseSettings(steps_per_block=4, cache="dual")))
     with pytest.raises(ValueError, match="without stop tokens"):
         graph_step(eng, job)
     with pytest.raises(ValueError, match="exact mode"):
@@ -189,7 +190,7 @@ def test_every_step_is_the_same_program_without_host_reads(engines, options):
     ids, mask = padded_prompt(eng.cfg)
     job = eng.plan_generation(ids, mask, steps=9, gen_length=12, block_length=4, seed=0, **options)
     st = new_state(eng, job)
-    st.load(job.canvas, job.key_mask, job.seeds, job.row_offset, job.prompt_len)
+    st.load(job)
     programs = []
     for _ in range(9):
         with OpLog() as log:
@@ -204,7 +205,7 @@ def test_every_step_is_the_same_program_without_host_reads(engines, options):
 
 def test_cpu_engine_runs_eagerly(engines):
     eng = engines["llada"][0]
-    assert eng.use_cuda_graphs and eng._graphs is None  # graphs are a CUDA matter
+    assert eng.use_cuda_graphs and eng.runner.graphs is None  # graphs are a CUDA matter
 
 
 # ---------------------------------------------------------------- capture (cuda_graphs.py) with torch.cuda faked
@@ -312,11 +313,8 @@ class FakeCuda:
 
 
 def capture(cache, eng, seed=0, **options):
-    """GraphCache._get for a job of the padded prompt: the CapturedStep of its shape."""
-    job = eng.plan_generation(*padded_prompt(eng.cfg), **KW, seed=seed, **options)
-    B, L = job.canvas.shape
-    args = (B, L, job.block_length, job.key_mask is not None, job.settings)
-    return cache._get(graph_key(*args), args, (job.canvas, job.key_mask, job.seeds, job.row_offset, job.prompt_len))
+    """StepGraphs._get for a job of the padded prompt: the CapturedStep of its shape."""
+    return cache._get(eng.plan_generation(*padded_prompt(eng.cfg), **KW, seed=seed, **options))
 
 
 def test_probe_finds_no_if_nodes_and_the_cache_never_tries_them(engines, monkeypatch):
@@ -326,13 +324,13 @@ def test_probe_finds_no_if_nodes_and_the_cache_never_tries_them(engines, monkeyp
     why = cuda_graphs.conditional_nodes_unavailable()
     assert why is not None and "has no CUDAGraph.begin_capture_to_if_node" in why
     with pytest.warns(RuntimeWarning, match="without conditional nodes.*begin_capture_to_if_node"):
-        cache = GraphCache(eng.model)
+        cache = StepGraphs(eng.model)
     assert not cache.conditional and cache.why_plain == why
     step = capture(cache, eng)
     assert fake.captures() == [fake.made[0]] and "if_begin" not in fake.log   # never attempted
     assert not step.conditional and step.why_plain == why and step.path == f"plain ({why})"
     with pytest.raises(RuntimeError, match="conditional nodes were required, but .*begin_capture_to_if_node"):
-        GraphCache(eng.model, conditional=True)
+        StepGraphs(eng.model, conditional=True)
 
 
 def test_probe_reads_the_cuda_build(engines, monkeypatch):
@@ -350,14 +348,14 @@ def test_conditional_capture_says_so(engines, monkeypatch):
     fake = FakeCuda(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # the feature is there: nothing to warn about
-        cache = GraphCache(eng.model)
+        cache = StepGraphs(eng.model)
         step = capture(cache, eng)
     assert fake.log[-4:] == [("capture_begin", fake.made[0]), "if_begin", "if_end", "capture_end"]
     assert step.conditional and step.why_plain is None and step.path.startswith("conditional")
     assert fake.current is fake.caller
-    off = GraphCache(eng.model, conditional=False)
+    off = StepGraphs(eng.model, conditional=False)
     step = capture(off, eng)
-    assert not step.conditional and step.path == "plain (conditional nodes turned off (GraphCache(conditional=False)))"
+    assert not step.conditional and step.path == "plain (conditional nodes turned off (StepGraphs(conditional=False)))"
     assert fake.log[-2:] == [("capture_begin", fake.made[1]), "capture_end"]
 
 
@@ -367,7 +365,7 @@ def test_an_error_inside_the_if_node_still_ends_it(engines, monkeypatch):
     runs on a fresh stream."""
     eng = engines["illada"][0]
     fake = FakeCuda(monkeypatch, fail_in_if_node=1)
-    cache = GraphCache(eng.model)
+    cache = StepGraphs(eng.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         step = capture(cache, eng)
@@ -387,7 +385,7 @@ def test_a_failed_if_node_end_leaves_no_stream_behind(engines, monkeypatch):
     so the plain retry and everything after run from the caller's stream."""
     eng = engines["illada"][0]
     fake = FakeCuda(monkeypatch, fail_in_if_node=1, fail_if_end=True)
-    cache = GraphCache(eng.model)
+    cache = StepGraphs(eng.model)
     with pytest.warns(RuntimeWarning, match="conditional node failed: CUDA error: operation failed"):
         step = capture(cache, eng)
     assert "guard_restores_capture_stream" in fake.log
@@ -399,7 +397,7 @@ def test_an_error_inside_the_if_node_is_raised_when_if_nodes_are_required(engine
     eng = engines["illada"][0]
     fake = FakeCuda(monkeypatch, fail_in_if_node=1)
     with pytest.raises(RuntimeError, match="conditional node failed .*operation not permitted"):
-        capture(GraphCache(eng.model, conditional=True), eng)
+        capture(StepGraphs(eng.model, conditional=True), eng)
     assert fake.log == [("capture_begin", fake.made[0]), "if_begin", "if_end", "capture_end"]
     assert fake.current is fake.caller
 
@@ -410,7 +408,7 @@ def test_each_attempt_after_a_failure_has_its_own_stream(engines, monkeypatch):
     current again even where capture_end raised (torch.cuda.graph then leaves its own stream current)."""
     eng = engines["illada"][0]
     fake = FakeCuda(monkeypatch)
-    cache = GraphCache(eng.model)
+    cache = StepGraphs(eng.model)
     capture(cache, eng)
     capture(cache, eng, temperature=0.5)                 # another key: a second graph
     assert len(cache.steps) == 2 and fake.captures() == [fake.made[0]] * 2
@@ -438,7 +436,7 @@ class FakeGraph:
 
 
 def test_graph_cache_bookkeeping(engines, monkeypatch):
-    """GraphCache on the CPU with capture faked: one capture per shape, reuse, the fallback from
+    """StepGraphs on the CPU with capture faked: one capture per shape, reuse, the fallback from
     IF nodes to plain graphs, and the eager loop where the graph step does not apply."""
     from illada_rt import Engine
     captures = []
@@ -453,8 +451,8 @@ def test_graph_cache_bookkeeping(engines, monkeypatch):
 
     model = engines["illada"][0].model
     eager, graphed = Engine(model, use_cuda_graphs=False), Engine(model)
-    graphed._graphs = GraphCache(model)
-    assert graphed._graphs.conditional
+    graphed.runner.graphs = StepGraphs(model)
+    assert graphed.runner.graphs.conditional
     ids, mask = padded_prompt(model.cfg)
     with pytest.warns(RuntimeWarning, match="conditional nodes are not supported"):
         for options in (dict(), dict(), dict(threshold=0.1), dict(cache="dual"),
@@ -463,9 +461,9 @@ def test_graph_cache_bookkeeping(engines, monkeypatch):
             assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe
     # IF node refused once, then plain graphs only; early stop reuses the graph (stop ids are host-side)
     assert captures == [True, False, False]
-    assert len(graphed._graphs.steps) == 2 and not graphed._graphs.conditional
+    assert len(graphed.runner.graphs.steps) == 2 and not graphed.runner.graphs.conditional
     assert all(not s.conditional and "conditional nodes are not supported" in s.path
-               for s in graphed._graphs.steps.values())
-    graphed._graphs.max_graphs = 1
+               for s in graphed.runner.graphs.steps.values())
+    graphed.runner.graphs.max_graphs = 1
     graphed.generate(ids, **KW, seed=5)
-    assert len(graphed._graphs.steps) == 1
+    assert len(graphed.runner.graphs.steps) == 1

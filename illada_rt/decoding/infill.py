@@ -12,13 +12,13 @@ generate()'s: sequence b uses seed + b at its token positions and the forward in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional
 
 import torch
 
-from . import validate
 from ..config import ModelConfig
-from .loop import Block
+from . import validate
+from .plan import Block, DenoiseSettings, GenerationPlan, on_device, resolve_seed
 
 
 @dataclass
@@ -26,15 +26,6 @@ class InfillOutput:
     sequences: torch.Tensor   # [B, L] int64: the input with every mask filled
     nfe: int                  # forward evaluations (denoising steps) used
     seed: int                 # seed of sequence 0 (sequence b uses seed + b)
-
-
-@dataclass
-class InfillPlan:
-    canvas: torch.Tensor               # [B, L] int64, a copy of the input
-    key_mask: Optional[torch.Tensor]   # [B, L] bool or None
-    row_offset: torch.Tensor           # [B] left padding per sequence
-    blocks: List[Block]
-    steps_per_block: int
 
 
 def mask_blocks(to_fill: torch.Tensor, block_length: int) -> List[Block]:
@@ -54,8 +45,11 @@ def mask_blocks(to_fill: torch.Tensor, block_length: int) -> List[Block]:
     return blocks
 
 
-def plan(input_ids, attention_mask, cfg: ModelConfig, steps: Optional[int], block_length: Optional[int]) -> InfillPlan:
-    """Check infill arguments; steps=None means one step per mask of the largest block."""
+def plan_infill(cfg: ModelConfig, device: torch.device, input_ids, attention_mask, steps: Optional[int] = None,
+                block_length: Optional[int] = None, temperature: float = 0.0, remasking: str = "low_confidence",
+                threshold: Optional[float] = None, seed: Optional[int] = None) -> GenerationPlan:
+    """Check infill()'s arguments and plan the filling of every mask of input_ids [B, L] (see
+    infill.py for the schedule); steps=None means one step per mask of the largest block."""
     ids = validate.as_token_batch(input_ids)
     validate.check_tokens(ids, cfg, allow_mask=True)
     if ids.shape[1] > cfg.max_sequence_length:
@@ -81,34 +75,13 @@ def plan(input_ids, attention_mask, cfg: ModelConfig, steps: Optional[int], bloc
     if steps % len(blocks):
         raise ValueError(f"steps {steps} is not divisible by the number of blocks {len(blocks)} "
                          f"(up to {int(counts.max())} masks / block_length {block_length})")
+    validate.check_sampling(temperature, 0.0, remasking, threshold)
+    seed = resolve_seed(seed)
+    settings = DenoiseSettings(steps_per_block=steps // len(blocks), temperature=float(temperature),
+                               remasking=remasking, threshold=None if threshold is None else float(threshold))
     key_mask = None if mask is None else mask.bool()
     row_offset = torch.zeros(ids.shape[0], dtype=torch.int64) if mask is None else (mask == 0).sum(1)
-    return InfillPlan(ids.clone(), key_mask, row_offset, blocks, steps // len(blocks))
-
-
-def encode_masked_texts(codec, texts: Sequence[str], mask_id: int, mask_marker: Optional[str],
-                        pad_id: Optional[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Texts with mask markers -> left-padded ids [B, L] (one mask id per marker) and attention mask.
-
-    The marker defaults to the tokenizer's own mask token string; a custom marker is
-    replaced by that string before encoding, so the tokenizer sees its special token.
-    """
-    mask_text = codec.tokenizer.id_to_token(mask_id)
-    if mask_text is None:
-        raise ValueError(f"the tokenizer has no token for the mask id {mask_id}")
-    marker = mask_text if mask_marker is None else mask_marker
-    if not marker:
-        raise ValueError("mask_marker must be a non-empty string")
-    rows = []
-    for text in texts:
-        ids = codec.encode(text.replace(marker, mask_text) if marker != mask_text else text)
-        if ids.count(mask_id) != text.count(marker):
-            raise ValueError(f"{text!r}: {text.count(marker)} mask markers {marker!r} encode to "
-                             f"{ids.count(mask_id)} mask tokens; the tokenizer must keep {mask_text!r} whole")
-        rows.append(ids)
-    width = max(len(r) for r in rows)
-    if pad_id is None and any(len(r) != width for r in rows):
-        raise ValueError("texts of different lengths need a pad_token_id or eos_token_id in config.json")
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.int64)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.int64)
-    return ids, (mask if bool((mask == 0).any()) else None)
+    seeds = torch.arange(ids.shape[0], dtype=torch.int64) + seed
+    dev = on_device(device)
+    return GenerationPlan(dev(ids.clone()), dev(key_mask), 0, 0, [Block(lo, hi, dev(owns)) for lo, hi, owns in blocks],
+                          dev(seeds), dev(row_offset), settings, [], seed)

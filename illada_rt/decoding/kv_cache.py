@@ -20,11 +20,10 @@ from typing import Optional
 import torch
 
 from ..model import KVCache, LLaDAModel
+from .plan import CACHE_MODES
 
-CACHE_MODES = ("prefix", "dual")
 
-
-class BlockCache:
+class BlockKVCache:
     """The cache of one generation; `block_logits` replaces the exact step's forward."""
 
     def __init__(self, model: LLaDAModel, mode: str):

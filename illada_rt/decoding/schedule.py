@@ -1,4 +1,5 @@
-"""Per-step transfer counts: how many masked tokens each denoising step unmasks."""
+"""Per-step transfer counts: how many masked tokens each denoising step unmasks, and how many
+steps a block takes under them."""
 from __future__ import annotations
 
 import torch
@@ -14,3 +15,17 @@ def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     base = (masked_count // steps)[:, None].expand(-1, steps)
     extra = torch.arange(steps, device=masked_count.device)[None, :] < (masked_count % steps)[:, None]
     return base + extra.to(torch.int64)
+
+
+def scheduled_steps(counts: torch.Tensor, schedule: torch.Tensor) -> int:
+    """Steps the top-k rule takes on a block whose rows hold counts [B] masks, given the
+    schedule [B, steps]: until every row is filled (a step transfers exactly its count)."""
+    unfinished = schedule.cumsum(1) < counts[:, None]              # [B, steps] masks left after step i
+    return int(bool((counts > 0).any())) + int(unfinished.any(0).sum())
+
+
+def steps_per_full_block(block_length: int, steps_per_block: int) -> int:
+    """Steps the top-k rule takes on a block of block_length masks (fewer than steps_per_block
+    when the schedule has zero-transfer steps)."""
+    counts = torch.full((1,), block_length, dtype=torch.int64)
+    return scheduled_steps(counts, num_transfer_tokens(counts, steps_per_block))

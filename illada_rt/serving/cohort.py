@@ -19,7 +19,8 @@ from typing import List, Optional, Union
 
 import torch
 
-from ..decoding.loop import answer_lengths, denoise_steps
+from ..decoding.padding import left_pad, pad_id
+from ..decoding.step import answer_lengths
 from .requests import Request, RequestCancelledError, RequestEvent, RequestOutput, RequestTimeoutError
 
 Result = Union[RequestOutput, BaseException]
@@ -38,23 +39,15 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
     """Generate for every request of the cohort in one batch; block (and step) events go to each
     request's sink as they come. Returns each request's output, or the error that ended it."""
     n = len(requests)
-    width = max(len(r.prompt) for r in requests)
-    cfg = engine.cfg
-    pad = next(t for t in (cfg.pad_token_id, cfg.eos_token_id, 0, 1) if t is not None and t != cfg.mask_token_id)
-    ids = torch.full((n, width), pad, dtype=torch.int64)
-    mask = torch.zeros(n, width, dtype=torch.int64)
-    for b, r in enumerate(requests):
-        ids[b, width - len(r.prompt):] = r.prompt
-        mask[b, width - len(r.prompt):] = 1
+    ids, mask = left_pad([r.prompt for r in requests], pad_id(engine.cfg))
     options = dict(requests[0].options, seed=0)
-    plan = engine.plan_generation(ids, mask if bool((mask == 0).any()) else None, **options)
+    plan = engine.plan_generation(ids, None if bool(mask.all()) else mask, **options)
     plan.seeds.copy_(torch.tensor([r.seed for r in requests]))       # each request's own seed
     gen_length = plan.canvas.shape[1] - plan.prompt_len
     decoders = [engine.answer_decoder(r.stops) for r in requests]   # texts end at each one's own stops
     results: List[Optional[Result]] = [None] * n
     emitted = [0] * n
-    progress = denoise_steps(engine.model, plan.canvas, plan.key_mask, plan.blocks, plan.prompt_len, plan.seeds,
-                             plan.row_offset, plan.settings)
+    progress = engine.runner.steps(plan)
     for event in progress:
         _check_alive(requests, results)
         if all(res is not None for res in results):

@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..decoding import infill as infill_mod
 from ..text import NoTokenizerError
 from . import openai_schema as schema
 from . import sse
@@ -194,8 +193,7 @@ class _Api:
 
     async def _infill(self, request: Request, params: schema.GenerationParams) -> Response:
         codec, cfg = self._text_codec(), self.engine.cfg
-        pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
-        ids, _ = infill_mod.encode_masked_texts(codec, [params.infill], cfg.mask_token_id, params.mask_marker, pad)
+        ids, _ = self.engine.text.encode_masked_texts([params.infill], params.mask_marker)
         ids = ids[0]
         out = await unless_disconnected(request, self.aeng.infill(ids, timeout=self._timeout(params), **params.options))
         filled = int((ids == cfg.mask_token_id).sum())

@@ -9,7 +9,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from ..decoding.loop import Block, DenoiseSettings
+from ..decoding.plan import Block, DenoiseSettings
 
 
 class QueueFullError(RuntimeError):

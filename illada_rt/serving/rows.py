@@ -15,10 +15,11 @@ from typing import List
 import torch
 
 from .. import ops
-from ..decoding.loop import _fill_after_stop, scheduled_steps
+from ..decoding.padding import left_pad, pad_id
+from ..decoding.schedule import num_transfer_tokens, scheduled_steps
+from ..decoding.step import StepRule, fill_after_stop
 from ..model import LLaDAModel
 from ..model.linear import linear
-from ..decoding.schedule import num_transfer_tokens
 from .requests import Request
 
 
@@ -77,8 +78,8 @@ class Row:
         if len(self.stop_ids):
             _, hi = self.span
             finished = torch.zeros(1, dtype=torch.bool, device=self.canvas.device)
-            _fill_after_stop(self.canvas[None, req.prompt_len:], hi - req.prompt_len, self.stop_ids, finished,
-                             req.settings.fill_id)
+            fill_after_stop(self.canvas[None, req.prompt_len:], hi - req.prompt_len, self.stop_ids, finished,
+                            req.settings.fill_id)
             self.finished_by_stop = bool(finished[0])
         return self.finished_by_stop or self.last_block
 
@@ -90,7 +91,7 @@ class RowBatcher:
         self.model = model
         cfg = model.cfg
         self.mask_id = cfg.mask_token_id
-        self.pad_id = 0 if cfg.mask_token_id != 0 else 1       # stands in for left padding (masked from keys)
+        self.pad_id = pad_id(cfg)                              # left padding (masked from keys)
         self.hide_id = self.pad_id                             # fills gathered columns past a row's block
         self.forwards = 0
 
@@ -98,39 +99,33 @@ class RowBatcher:
         """One denoising step for every row (each on its current block). Returns masks left [rows]."""
         model, dev = self.model, self.model.device
         n = len(rows)
-        width = max(r.length for r in rows)
+        tokens, key_mask = left_pad([r.canvas for r in rows], self.pad_id, dev)        # [n, W] left-padded
+        width = tokens.shape[1]
         pads = [width - r.length for r in rows]
-        tokens = torch.full((n, width), self.pad_id, dtype=torch.int64, device=dev)      # [n, W] left-padded
-        for b, r in enumerate(rows):
-            tokens[b, pads[b]:] = r.canvas
-        key_mask = None
-        if any(pads):
-            key_mask = torch.ones(n, width, dtype=torch.bool, device=dev)
-            for b, p in enumerate(pads):
-                key_mask[b, :p] = False
+        key_mask = key_mask if any(pads) else None
         los = [pads[b] + r.span[0] for b, r in enumerate(rows)]                       # block starts in the batch
         lens = [r.span[1] - r.span[0] for r in rows]
         lo_all, hi_all = min(los), max(lo + ln for lo, ln in zip(los, lens))
-        s = rows[0].request.settings
+        rule = StepRule.of(model, rows[0].request.settings)       # the rows share their sampling settings
         widest = max(lens)
         # idx[b, j]: row b's j-th block row inside [lo_all, hi_all); columns past its block repeat its last row
         cols = torch.arange(widest, device=dev)[None, :]
         start = torch.tensor([lo - lo_all for lo in los], device=dev)[:, None]
         last = torch.tensor([ln - 1 for ln in lens], device=dev)[:, None]
         idx = (start + torch.minimum(cols, last))[..., None]                               # [n, widest, 1]
-        # the final norm's rows of every row's span, then each row's own block rows through the
-        # LM head: the head (E outputs a row) sees n * widest rows, not n * (hi_all - lo_all)
-        if s.cfg_scale > 0:
+        prompt_index = None
+        if rule.cfg:
             prompt_index = torch.zeros(n, width, dtype=torch.bool, device=dev)
             for b, r in enumerate(rows):
                 prompt_index[b, pads[b]:] = r.prompt_index
-            pair = torch.cat([tokens, tokens.masked_fill(prompt_index, self.mask_id)])   # [2n, W]
-            hidden = model.hidden(pair, None if key_mask is None else key_mask.repeat(2, 1), slice(lo_all, hi_all))
-            both = linear(model.kernels, torch.take_along_dim(hidden, idx.repeat(2, 1, 1), dim=1), model.head)
-            cond, uncond = both[:n], both[n:]                                             # [n, widest, E]
-        else:
-            hidden = model.hidden(tokens, key_mask, slice(lo_all, hi_all))               # [n, R, d]
-            cond, uncond = linear(model.kernels, torch.take_along_dim(hidden, idx, dim=1), model.head), None
+        inputs = rule.model_input(tokens, prompt_index)                                     # [n or 2n, W]
+        if key_mask is not None and inputs is not tokens:
+            key_mask = key_mask.repeat(2, 1)                                                 # the CFG pair's
+        # the final norm's rows of every row's span, then each row's own block rows through the
+        # LM head: the head (E outputs a row) sees n * widest rows, not n * (hi_all - lo_all)
+        hidden = model.hidden(inputs, key_mask, slice(lo_all, hi_all))                    # [n or 2n, R, d]
+        idx = idx.repeat(inputs.shape[0] // n, 1, 1)
+        logits = linear(model.kernels, torch.take_along_dim(hidden, idx, dim=1), model.head)   # [n or 2n, widest, E]
         self.forwards += 1
         block = torch.full((n, widest), self.hide_id, dtype=torch.int64, device=dev)      # [n, widest]
         for b, r in enumerate(rows):
@@ -138,18 +133,14 @@ class RowBatcher:
             block[b, :hi - lo] = r.canvas[lo:hi]
         as_tensor = (lambda v: torch.tensor(v, dtype=torch.int64, device=dev))
         masks_left = torch.empty(n, dtype=torch.int64, device=dev)
-        k = None if s.threshold is not None else as_tensor([r.schedule[r.step_in_block] for r in rows])
+        k = None if rule.settings.threshold is not None else as_tensor([r.schedule[r.step_in_block] for r in rows])
         workspace = ops.remask_workspace(n, widest, dev)      # word 0: the non-finite flag
         # block_start 0 on the gathered block: row b's token j sits at its own position lo_b + j,
         # which row_offset = -lo_b restores for the RNG counters
-        model.kernels.remask_(cond, block, 0, vocab=model.cfg.vocab_size, mask_id=self.mask_id,
-                              seeds=as_tensor([r.request.seed for r in rows]),
-                              row_offset=as_tensor([-r.span[0] for r in rows]),
-                              step=as_tensor([r.nfe for r in rows]), uncond=uncond, cfg_scale=s.cfg_scale,
-                              temperature=s.temperature, remasking=s.remasking, k=k, threshold=s.threshold,
-                              masks_left=masks_left, workspace=workspace)
-        if int(workspace[0]) != 0:
-            raise RuntimeError("remask: logits contain NaN or infinity (the model produced non-finite values)")
+        rule.transfer(logits, block, 0, seeds=as_tensor([r.request.seed for r in rows]),
+                      row_offset=as_tensor([-r.span[0] for r in rows]), step=as_tensor([r.nfe for r in rows]),
+                      k=k, masks_left=masks_left, workspace=workspace)
+        rule.check_finite(workspace, "in a serving step")
         for b, r in enumerate(rows):
             lo, hi = r.span
             r.canvas[lo:hi] = block[b, :hi - lo]

@@ -17,7 +17,7 @@ from typing import Deque, List, Optional
 
 import torch
 
-from ..decoding.loop import answer_lengths
+from ..decoding.step import answer_lengths
 from .metrics import Metrics
 from .requests import (EngineClosedError, QueueFullError, Request, RequestCancelledError, RequestEvent,
                        RequestOutput, RequestTimeoutError)

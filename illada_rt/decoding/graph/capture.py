@@ -1,4 +1,4 @@
-"""CUDA-graph capture and replay of the device-only denoising step (graph_step.py).
+"""CUDA-graph capture and replay of the device-only denoising step (state.py).
 
 One graph per (batch, length, block length, padding, settings), built at the first generation
 of that shape: a warm-up on the capture stream (cuBLAS handles, kernel attributes, allocator),
@@ -11,18 +11,18 @@ may leave its stream capturing or invalidated, so the next attempt takes a fresh
 Two paths, and every CapturedStep says which it took and why (`path`, `why_plain`):
   conditional  the body sits in a CUDA conditional (IF) node keyed on the step's `active` flag: a
                replay on a filled block costs one tiny kernel, and the threshold rule replays its
-               step bound without reading the device (graph_loop.py). Needs a torch whose
+               step bound without reading the device (replay.py). Needs a torch whose
                CUDAGraph has begin_capture_to_if_node / end_capture_to_conditional_node (absent
                in torch 2.11), built with CUDA >= 12.4, and a driver that accepts the node.
   plain        the body always runs (on a filled block it is a no-op) and the threshold rule reads
                the device once per round.
-GraphCache(conditional=None) probes once (conditional_nodes_unavailable) and takes the conditional
+StepGraphs(conditional=None) probes once (conditional_nodes_unavailable) and takes the conditional
 path where the feature is there; where it is not, or where its capture fails, it goes plain with
 one warning line and never tries again. True requires it (RuntimeError otherwise); False never
 tries it.
 
-Used by Engine.generate on CUDA for the exact mode (cache=None); the KV-cache modes, infill,
-stream and the threshold rule with early stop run the eager loop (denoise.py).
+The runner (runner.py) takes this path on CUDA for the exact mode (cache=None); the KV-cache
+modes, infill, stream and the threshold rule with early stop run the eager loop (loop.py).
 """
 from __future__ import annotations
 
@@ -30,14 +30,14 @@ import gc
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
-from ..loop import Block, DenoiseSettings, denoise
+from ...model import LLaDAModel
+from ..plan import GenerationPlan
 from .replay import run_steps
 from .state import StepState, denoise_step, graph_key, step_body, step_epilogue, step_prologue
-from ...model import LLaDAModel
 
 IF_NODE_METHODS = ("begin_capture_to_if_node", "end_capture_to_conditional_node")
 
@@ -133,7 +133,7 @@ class CapturedStep:
         self.graph.replay()
 
 
-class GraphCache:
+class StepGraphs:
     """The captured steps of one model, by shape (at most max_graphs, oldest dropped first).
 
     conditional: None takes IF nodes where they work; True requires them; False never tries them.
@@ -145,7 +145,7 @@ class GraphCache:
         self.max_graphs = max_graphs
         self.require_conditional = conditional is True
         if conditional is False:
-            self.why_plain: Optional[str] = "conditional nodes turned off (GraphCache(conditional=False))"
+            self.why_plain: Optional[str] = "conditional nodes turned off (StepGraphs(conditional=False))"
         else:
             self.why_plain = conditional_nodes_unavailable()   # probed once, for this cache
             if self.why_plain is not None:
@@ -161,10 +161,6 @@ class GraphCache:
         """Whether the next capture tries the IF node."""
         return self.why_plain is None
 
-    @staticmethod
-    def supports(s: DenoiseSettings) -> bool:
-        return s.cache is None and not (s.threshold is not None and len(s.stop_token_ids))
-
     def _capture(self, st: StepState, conditional: bool) -> "torch.cuda.CUDAGraph":
         if self.stream is None:
             self.stream = torch.cuda.Stream(st.canvas.device)
@@ -174,15 +170,16 @@ class GraphCache:
             self.stream = None   # it may be left capturing or invalidated: the next attempt takes a new one
             raise
 
-    def _get(self, key: tuple, st_args: tuple, inputs: tuple) -> CapturedStep:
+    def _get(self, plan: GenerationPlan) -> CapturedStep:
+        key = graph_key(plan)
         step = self.steps.get(key)
         if step is not None:
             self.steps.move_to_end(key)   # least recently used leaves first
             return step
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        st = StepState(self.model, *st_args)
-        st.load(*inputs)  # the warm-up runs real steps: give it real inputs
+        st = StepState.for_plan(self.model, plan)
+        st.load(plan)  # the warm-up runs real steps: give it real inputs
         graph, conditional = None, self.conditional
         if conditional:
             caller = torch.cuda.current_stream(st.canvas.device)
@@ -191,7 +188,7 @@ class GraphCache:
             except RuntimeError as e:
                 if self.require_conditional:
                     raise RuntimeError(f"CUDA graph capture with a conditional node failed ({e}); "
-                                       "GraphCache(conditional=None) falls back to plain graphs") from e
+                                       "StepGraphs(conditional=None) falls back to plain graphs") from e
                 self.why_plain = f"the capture with a conditional node failed: {_first_line(e)}"
                 conditional = False
                 _warn_plain(self.why_plain)
@@ -204,7 +201,7 @@ class GraphCache:
                 gc.collect()
                 torch.cuda.set_stream(caller)
                 torch.cuda.synchronize()
-                st.load(*inputs)
+                st.load(plan)
         if graph is None:
             try:
                 graph = self._capture(st, conditional=False)
@@ -217,20 +214,12 @@ class GraphCache:
             self.steps.popitem(last=False)
         return step
 
-    def denoise(self, model: LLaDAModel, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], blocks: List[Block],
-                prompt_len: int, seeds: torch.Tensor, row_offset: torch.Tensor, s: DenoiseSettings) -> int:
-        """denoise.denoise's contract (canvas filled in place, returns nfe) by graph replays;
-        the eager loop where the graph step does not apply (see supports)."""
-        assert model is self.model
-        if not self.supports(s) or any(b.owns is not None for b in blocks):  # owns: infill blocks
-            return denoise(model, canvas, key_mask, blocks, prompt_len, seeds, row_offset, s)
-        B, L = canvas.shape
-        block_length = blocks[0].hi - blocks[0].lo
-        inputs = (canvas, key_mask, seeds, row_offset, prompt_len)
-        step = self._get(graph_key(B, L, block_length, key_mask is not None, s),
-                         (B, L, block_length, key_mask is not None, s), inputs)
-        step.state.load(*inputs)
-        nfe = run_steps(step.state, step.replay, prompt_len, blocks[-1].hi - prompt_len, s.stop_token_ids,
-                        s.fill_id, noop_is_cheap=step.conditional)
-        canvas.copy_(step.state.canvas)
+    def run(self, plan: GenerationPlan) -> int:
+        """Denoise the plan by graph replays (capturing its step at the first plan of its shape):
+        plan.canvas filled in place, returns nfe. The plan must be one the graph step runs (see
+        runner.py: the exact mode, answer blocks, no early stop under the threshold rule)."""
+        step = self._get(plan)
+        step.state.load(plan)
+        nfe = run_steps(step.state, step.replay, plan, noop_is_cheap=step.conditional)
+        plan.canvas.copy_(step.state.canvas)
         return nfe

@@ -1,6 +1,6 @@
 """One denoising step made only of device operations: what a CUDA graph captures and replays.
 
-The eager loop (denoise.py) passes python values that change every step (block span, the
+The eager loop (loop.py) passes python values that change every step (block span, the
 step's transfer counts, the RNG step) and reads the device to decide how many steps to run.
 Here every such value lives in a device buffer of `StepState`, and the step advances them
 itself, so one captured step serves every step of every block:
@@ -21,20 +21,20 @@ eagerly on any device: on the CPU it is tested against the eager loop token for 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ... import ops
-from ..loop import DenoiseSettings
 from ...model import LLaDAModel
+from ..plan import DenoiseSettings, GenerationPlan
 from ..schedule import num_transfer_tokens
+from ..step import StepRule
 
 
-def graph_key(batch: int, length: int, block_length: int, padded: bool, s: DenoiseSettings) -> tuple:
+def graph_key(plan: GenerationPlan) -> tuple:
     """What a captured step depends on: shapes, and the settings baked into its kernels."""
-    return (batch, length, block_length, padded, s.steps_per_block, s.temperature, s.cfg_scale,
-            s.remasking, s.threshold)
+    (batch, length), s = plan.canvas.shape, plan.settings
+    return (batch, length, plan.block_length, plan.key_mask is not None, s.steps_per_block, s.temperature,
+            s.cfg_scale, s.remasking, s.threshold)
 
 
 class StepState:
@@ -49,7 +49,7 @@ class StepState:
             raise ValueError("the graph step computes the exact mode only (cache=None)")
         B, L, Lb, dev = batch, length, block_length, model.device
         i64 = dict(dtype=torch.int64, device=dev)
-        self.model, self.settings = model, s
+        self.model, self.settings, self.rule = model, s, StepRule.of(model, s)
         self.batch, self.length, self.block_length = B, L, Lb
         self.mask_id = model.cfg.mask_token_id
         self.last_start = L - Lb                                  # block_start never passes the last block
@@ -76,20 +76,25 @@ class StepState:
         self.masks_left = torch.zeros(B, **i64)                   # [B] block masks left after the step
         self.workspace = ops.remask_workspace(B, Lb, dev)          # word 0: the sticky non-finite flag
 
-    def load(self, canvas: torch.Tensor, key_mask: Optional[torch.Tensor], seeds: torch.Tensor,
-             row_offset: torch.Tensor, prompt_len: int):
-        """Start a generation: copy its inputs (device tensors of this state's shapes) in and
-        reset the counters. Device work only, no host read."""
-        self.canvas.copy_(canvas)
+    @classmethod
+    def for_plan(cls, model: LLaDAModel, plan: GenerationPlan) -> "StepState":
+        """The state of the plan's shapes and settings (not loaded)."""
+        B, L = plan.canvas.shape
+        return cls(model, B, L, plan.block_length, plan.key_mask is not None, plan.settings)
+
+    def load(self, plan: GenerationPlan):
+        """Start a generation: copy the plan's inputs (device tensors of this state's shapes) in
+        and reset the counters. Device work only, no host read."""
+        self.canvas.copy_(plan.canvas)
         if self.key_mask is not None:
-            self.key_mask.copy_(key_mask)
+            self.key_mask.copy_(plan.key_mask)
         if self.prompt_index is not None:
-            torch.ne(canvas, self.mask_id, out=self.prompt_index)
+            torch.ne(plan.canvas, self.mask_id, out=self.prompt_index)
             if self.key_mask2 is not None:
-                self.key_mask2.copy_(key_mask.repeat(2, 1))
-        self.seeds.copy_(seeds)
-        self.row_offset.copy_(row_offset)
-        self.block_start.fill_(prompt_len)
+                self.key_mask2.copy_(plan.key_mask.repeat(2, 1))
+        self.seeds.copy_(plan.seeds)
+        self.row_offset.copy_(plan.row_offset)
+        self.block_start.fill_(plan.prompt_len)
         for t in (self.step_in_block, self.blocks_done, self.nfe, self.masks_left):
             t.zero_()
         if self.k_table is not None:
@@ -112,22 +117,13 @@ def step_prologue(st: StepState):
 
 
 def step_body(st: StepState):
-    """Forward of the block rows, remask of the block copy, copy back into the canvas."""
-    s, model, B = st.settings, st.model, st.batch
-    uncond = None
-    if st.pair is not None:
-        st.pair[:B].copy_(st.canvas)
-        st.pair[B:].copy_(st.canvas).masked_fill_(st.prompt_index, st.mask_id)
-        both = model.logits(st.pair, st.key_mask2, st.rows)                   # [2B, Lb, E]
-        cond, uncond = both[:B], both[B:]
-    else:
-        cond = model.logits(st.canvas, st.key_mask, st.rows)                  # [B, Lb, E]
+    """Forward of the block rows, the step rule on the block copy, copy back into the canvas."""
+    tokens = st.rule.model_input(st.canvas, st.prompt_index, out=st.pair)    # [B or 2B, L]
+    logits = st.model.logits(tokens, st.key_mask if tokens is st.canvas else st.key_mask2, st.rows)
     # RNG position of block row i: (block_start + i) - row_offset, as the canvas-wide call has it
     torch.sub(st.row_offset, st.block_start, out=st.row_offset_block)
-    model.kernels.remask_(cond, st.block, 0, vocab=model.cfg.vocab_size, mask_id=st.mask_id, seeds=st.seeds,
-                          row_offset=st.row_offset_block, step=st.nfe, uncond=uncond, cfg_scale=s.cfg_scale,
-                          temperature=s.temperature, remasking=s.remasking, k=st.k, threshold=s.threshold,
-                          masks_left=st.masks_left, workspace=st.workspace)
+    st.rule.transfer(logits, st.block, 0, seeds=st.seeds, row_offset=st.row_offset_block, step=st.nfe, k=st.k,
+                     masks_left=st.masks_left, workspace=st.workspace)
     st.canvas.index_copy_(1, st.rows, st.block)
 
 
