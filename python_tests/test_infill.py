@@ -4,7 +4,8 @@ import torch
 
 from checkpoints import write_text_checkpoint
 from conftest import random_prompt
-from illada_rt import Engine, reference_tasks
+from illada_rt import Engine
+from illada_rt.reference import tasks as reference_tasks
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import random_prompt
-from illada_rt import reference_tasks
+from illada_rt.reference import tasks as reference_tasks
 
 
 def pair(cfg, prompt_len, answer_len, seed):

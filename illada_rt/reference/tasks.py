@@ -1,8 +1,8 @@
-"""Plain-PyTorch references for infilling and likelihood scoring (see reference.py).
+"""Plain-PyTorch references for infilling and likelihood scoring (see generate.py).
 
 Written to be read: full-sequence logits from ReferenceModel, one sequence or one
-sample at a time where that is clearer. Tests hold illada_rt.infill and
-illada_rt.likelihood to these.
+sample at a time where that is clearer. Tests hold illada_rt.decoding.infill and
+illada_rt.decoding.likelihood to these.
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .reference import token_positions, transfer_step
-from .decoding.schedule import num_transfer_tokens
+from .generate import token_positions, transfer_counts, transfer_step
 
 
 @torch.no_grad()
@@ -38,7 +37,7 @@ def infill(model, tokens: torch.Tensor, attention_mask: Optional[torch.Tensor] =
     nfe = 0
     for blk in range(num_blocks):
         in_block = to_fill & (rank // block_length == blk)
-        schedule = num_transfer_tokens(in_block.sum(1), steps_per_block)
+        schedule = transfer_counts(in_block.sum(1), steps_per_block)
         i = 0
         while (in_block & (x == mask_id)).any():
             if threshold is None and i >= steps_per_block:
