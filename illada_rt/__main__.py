@@ -1,3 +1,4 @@
+"""`python -m illada_rt`: the illada-rt command line (cli/)."""
 import sys
 
 from .cli import main

@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+# the bundled demo model (demo_model/TRAINING.md): the command line's default checkpoint
+DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
+
 
 class ConfigError(ValueError):
     """config.json is missing, malformed, or describes a model we cannot run."""

@@ -133,3 +133,21 @@ def test_generate_with_cache(text_dir):
 def test_cuda_without_a_gpu_is_a_one_line_error(text_dir):
     r = run("generate", "w1", "--model", text_dir, *GEN, "--device", "cuda")
     assert r.returncode == 2 and "is unavailable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_entry_points_reach_the_same_main(text_dir):
+    """pyproject's `illada-rt` script, `python -m illada_rt` and `python -m illada_rt.cli` run one main."""
+    import importlib
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+        target = re.search(r'^illada-rt = "([\w.]+):(\w+)"', f.read(), re.M)
+    assert target is not None
+    main = getattr(importlib.import_module(target.group(1)), target.group(2))
+    from illada_rt.cli import main as cli_main
+    assert main is cli_main
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "illada_rt.cli", "info", "--model", text_dir], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout == run("info", "--model", text_dir).stdout

@@ -1,4 +1,4 @@
-"""The HTTP server (serving/http_app.py) through Starlette's TestClient on a tiny text checkpoint:
+"""The HTTP server (serving/http/) through Starlette's TestClient on a tiny text checkpoint:
 answers equal Engine's, streams add up to the non-streamed answer, every bad request gets
 its 4xx and the server goes on serving."""
 import asyncio
@@ -15,7 +15,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from checkpoints import write_text_checkpoint  # noqa: E402
 from illada_rt import Engine  # noqa: E402
 from illada_rt.serving import AsyncEngine  # noqa: E402
-from illada_rt.serving.http_app import create_app  # noqa: E402
+from illada_rt.serving.http import create_app  # noqa: E402
 
 KW = dict(gen_length=16, block_length=8, steps=16)
 

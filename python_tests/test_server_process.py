@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 from checkpoints import write_text_checkpoint  # noqa: E402
 from illada_rt import Engine  # noqa: E402
 from illada_rt.serving import AsyncEngine  # noqa: E402
-from illada_rt.serving.http_app import create_app  # noqa: E402
+from illada_rt.serving.http import create_app  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +124,7 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
 
 
 def test_import_illada_rt_does_not_need_starlette():
-    code = "import sys, illada_rt, illada_rt.serving, illada_rt.cli_serve; print('starlette' in sys.modules)"
+    code = "import sys, illada_rt, illada_rt.serving, illada_rt.cli, illada_rt.cli.serve; print('starlette' in sys.modules)"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from conftest import random_prompt
-from illada_rt.serving import (AsyncEngine, EngineClosedError, QueueFullError, RequestCancelledError,
-                               RequestTimeoutError, SyncEngine)
+from illada_rt.decoding.stream import StreamEvent
+from illada_rt.serving import (AsyncEngine, EngineClosedError, QueueFullError, RequestCancelledError, RequestEvent,
+                               RequestTimeoutError, ServingEngine, SyncEngine)
+from illada_rt.serving.builder import generation_request, infill_request
+from illada_rt.serving.requests import CohortRequest, InfillRequest, RowRequest
 
 
 def _requests(cfg, n, seed, **fixed):
@@ -380,3 +383,68 @@ def test_cache_requests_run_in_cohorts_with_their_alone_tokens(engines, layout, 
         assert out.answer_length == int(alone.answer_lengths[0]) and out.seed == opts["seed"]
     cohorts = settings.get("threshold") is None or "temperature" not in settings
     assert (max(stats["batch_sizes"]) > 1) == cohorts   # shared a batch exactly where that is exact
+
+
+def _serving_sources():
+    import os
+
+    import illada_rt.serving
+    root = os.path.dirname(illada_rt.serving.__file__)
+    for dirpath, _, files in os.walk(root):
+        for f in sorted(files):
+            if f.endswith(".py"):
+                yield os.path.join(dirpath, f)
+
+
+def test_serving_uses_the_protocol_members_of_an_engine_and_no_others(engines):
+    """Every `engine.X` / `self.engine.X` in illada_rt/serving names a ServingEngine member, and
+    every member is used; an Engine satisfies the protocol."""
+    import ast
+
+    members = set(ServingEngine.__annotations__) | {
+        name for name, value in vars(ServingEngine).items() if callable(value) and not name.startswith("_")}
+    used = set()
+    for path in _serving_sources():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                owner = node.value
+                if (isinstance(owner, ast.Name) and owner.id == "engine") or \
+                        (isinstance(owner, ast.Attribute) and owner.attr == "engine"):
+                    used.add(node.attr)
+    assert used == members, (sorted(used - members), sorted(members - used))
+    assert isinstance(engines["llada"][0], ServingEngine)
+
+
+def test_requests_are_typed_by_their_kind_of_work(engines):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=16)[0]
+    noop = (lambda item: None)
+    assert type(generation_request(eng, ids, opts, noop, noop, False, None)) is RowRequest
+    cached = generation_request(eng, ids, dict(opts, cache="prefix"), noop, noop, False, None)
+    assert type(cached) is CohortRequest and cached.key is not None
+    alone = generation_request(eng, ids, dict(opts, cache="dual", threshold=0.1, temperature=0.5), noop, noop,
+                               False, None)
+    assert type(alone) is CohortRequest and alone.key is None            # random threshold decoding: alone
+    masked = ids.clone()
+    masked[0] = eng.cfg.mask_token_id
+    assert type(infill_request(eng, masked, dict(steps=1), noop, noop, None)) is InfillRequest
+
+
+@pytest.mark.parametrize("cache", [None, "prefix"])
+def test_serving_events_are_stream_events_with_their_forward_counts(engines, cache):
+    eng, _ = engines["llada"]
+    ids, opts = _requests(eng.cfg, 1, seed=17)[0]
+    opts = dict(opts, gen_length=16, block_length=8, steps=8, cache=cache)
+    with SyncEngine(eng) as seng:
+        events = list(seng.stream(ids, every_step=True, **opts))
+        filled = seng.infill(torch.cat([ids, torch.tensor([eng.cfg.mask_token_id] * 2)]), steps=2)
+    assert RequestEvent is StreamEvent and all(type(e) is StreamEvent for e in events)
+    steps = [e for e in events if e.kind == "step"]
+    blocks = [e for e in events if e.kind == "block"]
+    done = events[-1]
+    assert [e.nfe for e in steps] == list(range(1, done.output.nfe + 1))
+    assert [e.nfe for e in blocks] == [4, 8] and done.nfe == done.output.nfe == 8
+    assert all(isinstance(e.tokens, list) for e in events) and done.new_tokens == done.tokens
+    assert filled.nfe == 2

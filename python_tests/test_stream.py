@@ -91,3 +91,13 @@ def test_arguments_are_checked_before_the_first_event(engines):
         eng.stream([[1, 2, 3]], cache="window")
     with pytest.raises(TypeError):
         eng.stream([[1, 2, 3]], gen_len=8)
+
+
+def test_one_event_type_for_the_engine_and_serving(engines):
+    from illada_rt.engine import StreamEvent
+    from illada_rt.serving import RequestEvent
+    assert RequestEvent is StreamEvent
+    eng = engines["llada"][0]
+    events = list(eng.stream(random_prompt(eng.cfg, 2, 5, seed=3), every_step=True, **KW))
+    assert events and all(type(e) is StreamEvent and isinstance(e.tokens, torch.Tensor) and e.output is None
+                          for e in events)

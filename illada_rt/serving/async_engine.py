@@ -21,12 +21,13 @@ import queue
 from typing import Optional
 
 from .builder import generation_request, infill_request
+from .protocol import ServingEngine
 from .requests import Request, RequestEvent, RequestOutput
 from .scheduler import Scheduler
 
 
 class _Shared:
-    def __init__(self, engine, max_batch_size: int, max_queue: int, request_timeout: Optional[float]):
+    def __init__(self, engine: ServingEngine, max_batch_size: int, max_queue: int, request_timeout: Optional[float]):
         self.engine = engine
         self.scheduler = Scheduler(engine, max_batch_size, max_queue)
         self.request_timeout = request_timeout
@@ -51,7 +52,7 @@ class _Shared:
 
 
 class AsyncEngine(_Shared):
-    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 256,
+    def __init__(self, engine: ServingEngine, max_batch_size: int = 16, max_queue: int = 256,
                  request_timeout: Optional[float] = None):
         super().__init__(engine, max_batch_size, max_queue, request_timeout)
 
@@ -108,7 +109,7 @@ class AsyncEngine(_Shared):
 class SyncEngine(_Shared):
     """The blocking facade: safe to call from many threads at once."""
 
-    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 256,
+    def __init__(self, engine: ServingEngine, max_batch_size: int = 16, max_queue: int = 256,
                  request_timeout: Optional[float] = None):
         super().__init__(engine, max_batch_size, max_queue, request_timeout)
 

@@ -1,20 +1,21 @@
-"""Turn a caller's prompt and options into a checked Request (errors raise here, in the caller)."""
+"""Turn a caller's prompt and options into a checked request of its kind (errors raise here, in the caller)."""
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from ..decoding import validate
-from .cohort import cohort_key, run_cohort
-from .requests import Request, RequestOutput
+from .cohort import cohort_key
+from .protocol import ServingEngine
+from .requests import CohortRequest, InfillRequest, RowRequest
 
 
-def prompt_ids(engine, prompt) -> torch.Tensor:
+def prompt_ids(engine: ServingEngine, prompt) -> torch.Tensor:
     """A text (encoded with the checkpoint's tokenizer) or token ids -> int64 [P] on the CPU."""
     if isinstance(prompt, str):
-        ids = engine.codec.encode(prompt)
+        ids = engine.text.codec.encode(prompt)
         if not ids:
             raise ValueError("the prompt encodes to no tokens; give non-empty text")
         return torch.tensor(ids, dtype=torch.int64)
@@ -24,36 +25,28 @@ def prompt_ids(engine, prompt) -> torch.Tensor:
     return ids[0]
 
 
-def generation_request(engine, prompt, options: dict, sink, fail, every_step: bool,
-                       timeout: Optional[float]) -> Request:
-    """Check a generate()/stream() request. KV-cache modes run in cohorts (see cohort.py)."""
+def generation_request(engine: ServingEngine, prompt, options: dict, sink, fail, every_step: bool,
+                       timeout: Optional[float]) -> Union[RowRequest, CohortRequest]:
+    """Check a generate()/stream() request: a row of the batch, or with a block KV cache a cohort member."""
     ids = prompt_ids(engine, prompt)
-    job = engine.plan_generation(ids[None], None, **options)
-    req = Request(canvas=job.canvas[0], prompt_len=job.prompt_len, blocks=job.blocks, settings=job.settings,
-                  stops=job.stops, seed=job.seed, sink=sink, fail=fail, every_step=every_step,
-                  deadline=_deadline(timeout))
-    if job.settings.cache is not None:   # a block cache: served in a cohort (cohort.py)
-        req.prompt, req.options = ids, dict(options)
-        req.cohort_key = cohort_key(options, job.settings)
-        req.exclusive = lambda requests: run_cohort(engine, requests)
-    return req
+    plan = engine.plan_generation(ids[None], None, **options)
+    common = dict(prompt_len=plan.prompt_len, settings=plan.settings, stops=plan.stops, seed=plan.seed,
+                  sink=sink, fail=fail, every_step=every_step, deadline=_deadline(timeout))
+    if plan.settings.cache is None:
+        return RowRequest(canvas=plan.canvas[0], blocks=plan.blocks, **common)
+    return CohortRequest(prompt=ids, options=dict(options), key=cohort_key(options, plan.settings), **common)
 
 
-def infill_request(engine, input_ids, options: dict, sink, fail, timeout: Optional[float]) -> Request:
-    """An infill() request: runs alone; its output's tokens are the whole filled sequence."""
+def infill_request(engine: ServingEngine, input_ids, options: dict, sink, fail,
+                   timeout: Optional[float]) -> InfillRequest:
+    """Check an infill() request (its options are checked when it runs, by Engine.infill)."""
     ids = prompt_ids(engine, input_ids)
-    if not bool((ids == engine.cfg.mask_token_id).any()):
-        raise ValueError(f"infill: the input holds no mask token (id {engine.cfg.mask_token_id}) to fill")
+    mask_id = engine.cfg.mask_token_id
+    if not bool((ids == mask_id).any()):
+        raise ValueError(f"infill: the input holds no mask token (id {mask_id}) to fill")
     seed = options.get("seed")
-    req = Request(canvas=ids, prompt_len=0, blocks=[], settings=None, stops=[], seed=-1 if seed is None else seed,
-                  sink=sink, fail=fail, deadline=_deadline(timeout))
-
-    def run(requests) -> list:
-        out = engine.infill(ids[None], **options)
-        tokens = out.sequences[0].tolist()
-        return [RequestOutput(tokens, len(tokens), _decode(engine, tokens), 0, out.nfe, out.seed, "length")]
-    req.exclusive = run
-    return req
+    return InfillRequest(input_ids=ids, options=dict(options), seed=-1 if seed is None else seed, sink=sink,
+                         fail=fail, deadline=_deadline(timeout))
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
@@ -62,8 +55,3 @@ def _deadline(timeout: Optional[float]) -> Optional[float]:
     if not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return time.monotonic() + float(timeout)
-
-
-def _decode(engine, tokens) -> Optional[str]:
-    decode = engine.answer_decoder([])
-    return None if decode is None else decode(torch.tensor([tokens]))[0]

@@ -21,7 +21,9 @@ import torch
 
 from ..decoding.padding import left_pad, pad_id
 from ..decoding.step import answer_lengths
-from .requests import Request, RequestCancelledError, RequestEvent, RequestOutput, RequestTimeoutError
+from .protocol import ServingEngine
+from .requests import (CohortRequest, RequestCancelledError, RequestEvent, RequestOutput,
+                       RequestTimeoutError)
 
 Result = Union[RequestOutput, BaseException]
 
@@ -35,7 +37,7 @@ def cohort_key(options: dict, settings) -> Optional[tuple]:
             tuple(settings.stop_token_ids))
 
 
-def run_cohort(engine, requests: List[Request]) -> List[Result]:
+def run_cohort(engine: ServingEngine, requests: List[CohortRequest]) -> List[Result]:
     """Generate for every request of the cohort in one batch; block (and step) events go to each
     request's sink as they come. Returns each request's output, or the error that ended it."""
     n = len(requests)
@@ -44,7 +46,7 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
     plan = engine.plan_generation(ids, None if bool(mask.all()) else mask, **options)
     plan.seeds.copy_(torch.tensor([r.seed for r in requests]))       # each request's own seed
     gen_length = plan.canvas.shape[1] - plan.prompt_len
-    decoders = [engine.answer_decoder(r.stops) for r in requests]   # texts end at each one's own stops
+    decoders = [engine.text.answer_decoder(r.stops) for r in requests]   # texts end at each one's own stops
     results: List[Optional[Result]] = [None] * n
     emitted = [0] * n
     progress = engine.runner.steps(plan)
@@ -58,7 +60,7 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
                 rows = answers.cpu()
                 for b, r in enumerate(requests):
                     if results[b] is None and r.every_step:
-                        r.sink(RequestEvent("step", event.block, rows[b].tolist()))
+                        r.sink(RequestEvent(kind="step", block=event.block, tokens=rows[b].tolist(), nfe=event.nfe))
             continue
         upto = gen_length if event.last else (event.block + 1) * plan.block_length
         rows = answers.cpu()
@@ -70,7 +72,8 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
             over = event.last or (len(r.settings.stop_token_ids) > 0 and int(lengths[0]) < upto)
             end = gen_length if over else upto
             text = None if decode is None else decode(rows[b:b + 1, :end])[0]
-            r.sink(RequestEvent("block", event.block, rows[b, :end].tolist(), emitted[b], text))
+            r.sink(RequestEvent(kind="block", block=event.block, tokens=rows[b, :end].tolist(), new_from=emitted[b],
+                                text=text, nfe=event.nfe))
             emitted[b] = end
             if over:
                 length = int(answer_lengths(rows[b:b + 1], r.stops)[0])
@@ -81,7 +84,7 @@ def run_cohort(engine, requests: List[Request]) -> List[Result]:
     return [res if res is not None else RuntimeError("the cohort ended early") for res in results]
 
 
-def _check_alive(requests: List[Request], results: List[Optional[Result]]):
+def _check_alive(requests: List[CohortRequest], results: List[Optional[Result]]):
     now = time.monotonic()
     for b, r in enumerate(requests):
         if results[b] is None and r.cancelled:

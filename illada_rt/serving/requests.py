@@ -1,4 +1,13 @@
-"""What a caller hands the shared engine and what comes back: requests, events, outputs, errors."""
+"""What a caller hands the shared engine and what comes back: requests, events, outputs, errors.
+
+A request is one of three kinds of work, and the scheduler matches on the kind:
+
+    RowRequest      joins the continuous row batch: one denoising step at a time, its own block (rows.py)
+    CohortRequest   a block KV cache: starts with the waiting requests of equal key, runs to its end (cohort.py)
+    InfillRequest   fills the masks of a sequence, alone (infill.py)
+
+The last two never share a step with rows: they run when the row batch is empty, in queue order.
+"""
 from __future__ import annotations
 
 import itertools
@@ -10,6 +19,11 @@ from typing import Callable, List, Optional
 import torch
 
 from ..decoding.plan import Block, DenoiseSettings
+from ..decoding.stream import StreamEvent
+
+# serving's events are the engine's StreamEvent: for one request, tokens a list of ids and text a
+# str; the last one is "done" with the RequestOutput (decoding/stream.py)
+RequestEvent = StreamEvent
 
 
 class QueueFullError(RuntimeError):
@@ -39,50 +53,23 @@ class RequestOutput:
     finish_reason: str           # "stop": a stop token ended the answer; "length": gen_length reached
 
 
-@dataclass
-class RequestEvent:
-    kind: str                    # "block": a block is final; "step": a denoising step (every_step); "done"
-    block: int                   # index of the block finished or being denoised (-1 for "done")
-    tokens: List[int]            # "block": the answer so far; "step": the whole answer, masks included
-    new_from: int = 0            # "block": tokens[new_from:] are new in this event
-    text: Optional[str] = None   # "block": the answer so far decoded, up to a stop token
-    output: Optional[RequestOutput] = None   # "done" only
-
-    @property
-    def new_tokens(self) -> List[int]:
-        return self.tokens[self.new_from:]
-
-
 _ids = itertools.count()
 
 
-@dataclass(eq=False)   # identity: requests are compared as objects, never by value
+@dataclass(eq=False, kw_only=True)   # identity: requests are compared as objects, never by value
 class Request:
-    """One generation request, checked and laid out, as the scheduler sees it.
+    """What every kind of request has: where its events go, its seed, deadline and cancel flag.
 
     `sink(event)` receives RequestEvents and finally one "done" event; `fail(exc)` is called
     instead when the request ends with an error. Both run on the scheduler's thread.
     """
-    canvas: torch.Tensor              # [P + gen_length] int64 on the device: the prompt, then masks
-    prompt_len: int
-    blocks: List[Block]               # answer blocks, in the request's own canvas coordinates
-    settings: DenoiseSettings
-    stops: List[int]                  # stop ids for answer_length (and early stop when settings has them)
-    seed: int
     sink: Callable[[RequestEvent], None]
     fail: Callable[[BaseException], None]
-    every_step: bool = False
+    seed: int
     deadline: Optional[float] = None  # time.monotonic() after which the request fails with RequestTimeoutError
-    # Requests that do not join the row batch (KV-cache modes, infilling) carry their runner:
-    # exclusive(requests) serves a cohort of requests with equal cohort_key (None: alone) while
-    # the row batch is empty, sends their events, and returns each one's output or error.
-    exclusive: Optional[Callable[[List["Request"]], List[object]]] = None
-    cohort_key: Optional[tuple] = None
-    prompt: Optional[torch.Tensor] = None   # [P] int64 on the CPU: the prompt as given
-    options: dict = field(default_factory=dict)   # the generate() options as given
-    id: int = field(default_factory=lambda: next(_ids))
-    submitted: float = field(default_factory=time.monotonic)
-    _cancelled: threading.Event = field(default_factory=threading.Event)
+    id: int = field(init=False, default_factory=lambda: next(_ids))
+    submitted: float = field(init=False, default_factory=time.monotonic)
+    _cancelled: threading.Event = field(init=False, default_factory=threading.Event)
 
     def cancel(self):
         """Ask the scheduler to drop the request (it fails with RequestCancelledError at its next step)."""
@@ -95,7 +82,38 @@ class Request:
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
 
+
+@dataclass(eq=False, kw_only=True)
+class GenerationRequest(Request):
+    """A generate()/stream() request, checked by Engine.plan_generation."""
+    prompt_len: int
+    settings: DenoiseSettings
+    stops: List[int]                  # stop ids for answer_length (and early stop when settings has them)
+    every_step: bool = False          # a "step" event after every denoising step
+
+
+@dataclass(eq=False, kw_only=True)
+class RowRequest(GenerationRequest):
+    """Joins the row batch: its canvas is denoised in place, one step at a time (rows.py)."""
+    canvas: torch.Tensor              # [P + gen_length] int64 on the device: the prompt, then masks
+    blocks: List[Block]               # answer blocks, in the request's own canvas coordinates
+
     def batch_key(self):
         """Requests with equal keys can share a device batch: remask takes these as scalars."""
         s = self.settings
         return (s.temperature, s.cfg_scale, s.remasking, s.threshold)
+
+
+@dataclass(eq=False, kw_only=True)
+class CohortRequest(GenerationRequest):
+    """A block KV-cache request: runs in a cohort of waiting requests with an equal key (cohort.py)."""
+    prompt: torch.Tensor              # [P] int64 on the CPU: the prompt as given
+    options: dict                     # the generate() options as given
+    key: Optional[tuple]              # cohort.cohort_key: equal keys run together; None: alone
+
+
+@dataclass(eq=False, kw_only=True)
+class InfillRequest(Request):
+    """Engine.infill for one sequence, run alone (infill.py); its output's tokens are the whole sequence."""
+    input_ids: torch.Tensor           # [L] int64 on the CPU, masks anywhere
+    options: dict                     # the infill() options as given

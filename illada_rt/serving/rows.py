@@ -20,13 +20,13 @@ from ..decoding.schedule import num_transfer_tokens, scheduled_steps
 from ..decoding.step import StepRule, fill_after_stop
 from ..model import LLaDAModel
 from ..model.linear import linear
-from .requests import Request
+from .requests import RowRequest
 
 
 class Row:
     """A request's progress: its canvas, its block, its step inside the block."""
 
-    def __init__(self, request: Request, mask_id: int):
+    def __init__(self, request: RowRequest, mask_id: int):
         self.request = request
         self.mask_id = mask_id
         self.canvas = request.canvas                       # [L] int64 on the device, updated in place

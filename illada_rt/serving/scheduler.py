@@ -1,12 +1,13 @@
 """The scheduler: one thread that owns the model and serves every request.
 
-Requests wait in a bounded FIFO queue. Between steps the thread admits waiting requests
-into the running batch (up to max_batch_size rows, while the head of the queue shares the
-batch's sampling settings), runs one denoising step for all rows, and retires rows whose
-request completed, failed, timed out or was cancelled. Rows join and leave at their own
-block boundaries, so a long answer never holds back short ones. Requests that cannot
-join the row batch (KV-cache modes, infilling) run when it is empty, in queue order: KV-cache
-requests in cohorts of equal settings (cohort.py), infills alone.
+Requests wait in a bounded FIFO queue, and the scheduler matches on their kind (requests.py).
+Between steps the thread admits waiting RowRequests into the running batch (up to
+max_batch_size rows, while the head of the queue shares the batch's sampling settings), runs
+one denoising step for all rows, and retires rows whose request completed, failed, timed out
+or was cancelled. Rows join and leave at their own block boundaries, so a long answer never
+holds back short ones. A CohortRequest or an InfillRequest at the head of the queue waits for
+the row batch to drain, then runs: a cohort with the waiting requests of its key (cohort.py),
+an infill alone (infill.py).
 """
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ from typing import Deque, List, Optional
 import torch
 
 from ..decoding.step import answer_lengths
+from .cohort import run_cohort
+from .infill import run_infill
 from .metrics import Metrics
-from .requests import (EngineClosedError, QueueFullError, Request, RequestCancelledError, RequestEvent,
-                       RequestOutput, RequestTimeoutError)
+from .protocol import ServingEngine
+from .requests import (CohortRequest, EngineClosedError, InfillRequest, QueueFullError, Request,
+                       RequestCancelledError, RequestEvent, RequestOutput, RequestTimeoutError, RowRequest)
 from .rows import Row, RowBatcher
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch_size: int = 16, max_queue: int = 256):
+    def __init__(self, engine: ServingEngine, max_batch_size: int = 16, max_queue: int = 256):
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError(f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be at least 1")
         self.engine = engine
@@ -38,8 +42,8 @@ class Scheduler:
         self._closing = False      # no new requests
         self._abort = False        # fail everything pending instead of finishing it
         self._error: Optional[BaseException] = None   # what stopped the thread, if it crashed
-        self._exclusive: Optional[List[Request]] = None   # the requests running outside the row batch
-        self._decode = engine.answer_decoder  # stops -> (answers [B, n] -> texts) or None
+        self._alone: Optional[List[Request]] = None   # the cohort or infill running outside the row batch
+        self._decode = engine.text.answer_decoder   # stops -> (answers [B, n] -> texts) or None
         self._thread = threading.Thread(target=self._run, name="illada-rt-scheduler", daemon=True)
         self._thread.start()
 
@@ -63,7 +67,7 @@ class Scheduler:
         with self._lock:
             self._closing = True
             self._abort = self._abort or not graceful
-            running = self._exclusive
+            running = self._alone
             self._lock.notify()
         if running is not None and not graceful:
             for req in running:
@@ -95,7 +99,7 @@ class Scheduler:
             self._crash(e)
 
     def _serve_once(self) -> bool:
-        """Admit, then run one step (or one exclusive request). False when the thread is done."""
+        """Admit, then run one step (or one cohort or infill). False when the thread is done."""
         with self._lock:
             while not self._queue and not self._rows and not self._closing:
                 self._lock.wait()
@@ -107,15 +111,15 @@ class Scheduler:
                 return False
             else:
                 pending = None
-                exclusive, admitted = self._admit()
+                alone, admitted = self._admit()
         if pending is not None:
             for req in pending:
                 self._fail(req, EngineClosedError("the engine was shut down before the request finished"))
             return False
         for row in admitted:
             self._guarded(row, self._enter)
-        if exclusive is not None:
-            self._run_exclusive(exclusive)
+        if alone is not None:
+            self._run_alone(alone)
         elif self._rows:
             self._step()
         return True
@@ -132,8 +136,8 @@ class Scheduler:
             self._fail(req, RuntimeError(f"the engine's scheduler stopped after an internal error: {error!r}"))
 
     def _admit(self):
-        """Take waiting requests for the batch (lock held): returns (a request to run alone when its
-        turn came, or None; the requests that join the batch). Cancelled and expired ones leave."""
+        """Take waiting requests (lock held): returns (a cohort or an infill to run alone now that its
+        turn came, or None; the rows that join the batch). Cancelled and expired ones leave."""
         now = time.monotonic()
         for req in [r for r in self._queue if r.cancelled or r.expired(now)]:
             self._queue.remove(req)
@@ -141,34 +145,38 @@ class Scheduler:
         admitted: List[Row] = []
         while self._queue:
             head = self._queue[0]
-            if head.exclusive is not None:
-                if self._rows or admitted:
-                    break              # it waits for the batch to drain
-                return self._cohort(self._queue.popleft()), admitted
-            if len(self._rows) + len(admitted) >= self.max_batch_size:
-                break
-            batch = self._rows[0].request if self._rows else admitted[0].request if admitted else None
-            if batch is not None and head.batch_key() != batch.batch_key():
-                break                  # head-of-line: the batch drains, then the next settings start
-            self._queue.popleft()
-            self.metrics.wait_seconds.append(now - head.submitted)
-            admitted.append(Row(head, self.engine.cfg.mask_token_id))
+            match head:
+                case RowRequest():
+                    if len(self._rows) + len(admitted) >= self.max_batch_size:
+                        break
+                    batch = self._rows[0].request if self._rows else admitted[0].request if admitted else None
+                    if batch is not None and head.batch_key() != batch.batch_key():
+                        break          # head-of-line: the batch drains, then the next settings start
+                    self._queue.popleft()
+                    self.metrics.wait_seconds.append(now - head.submitted)
+                    admitted.append(Row(head, self.engine.cfg.mask_token_id))
+                case CohortRequest() | InfillRequest():
+                    if self._rows or admitted:
+                        break          # it waits for the batch to drain
+                    return self._take_alone(self._queue.popleft(), now), admitted
+                case _:
+                    raise TypeError(f"the scheduler has no rule for a {type(head).__name__}")
         return None, admitted
 
-    def _cohort(self, head: Request) -> List[Request]:
-        """head and the waiting requests that can run with it (equal cohort keys), up to the batch size."""
-        cohort = [head]
-        if head.cohort_key is not None:
-            for req in list(self._queue):
-                if len(cohort) >= self.max_batch_size:
-                    break
-                if req.cohort_key == head.cohort_key:
-                    self._queue.remove(req)
-                    cohort.append(req)
-        now = time.monotonic()
-        for req in cohort[1:]:
+    def _take_alone(self, head: Request, now: float) -> List[Request]:
+        """head, and for a cohort the waiting requests of its key, up to the batch size (lock held)."""
+        job = [head]
+        match head:
+            case CohortRequest(key=key) if key is not None:
+                for req in list(self._queue):
+                    if len(job) >= self.max_batch_size:
+                        break
+                    if isinstance(req, CohortRequest) and req.key == key:
+                        self._queue.remove(req)
+                        job.append(req)
+        for req in job:
             self.metrics.wait_seconds.append(now - req.submitted)
-        return cohort
+        return job
 
     def _guarded(self, row: Row, action):
         """action(row); an error fails that row's request only."""
@@ -213,7 +221,8 @@ class Scheduler:
 
     def _after_step(self, row: Row, masks_left: int):
         if row.request.every_step:
-            self._emit(row.request, RequestEvent("step", row.block, self._answer(row).tolist()))
+            self._emit(row.request, RequestEvent(kind="step", block=row.block, tokens=self._answer(row).tolist(),
+                                                 nfe=row.nfe))
         if row.block_done(masks_left):
             self._rows.remove(row)
             if not self._end_block(row):
@@ -226,35 +235,40 @@ class Scheduler:
         answer = self._answer(row).cpu()
         upto = answer.shape[0] if over else row.span[1] - req.prompt_len
         text = self._texts(req, answer[None, :upto])
-        self._emit(req, RequestEvent("block", row.block, answer[:upto].tolist(), row.emitted, text))
+        self._emit(req, RequestEvent(kind="block", block=row.block, tokens=answer[:upto].tolist(),
+                                     new_from=row.emitted, text=text, nfe=row.nfe))
         row.emitted = upto
         if over:
             length = int(answer_lengths(answer[None], req.stops)[0])
             out = RequestOutput(answer.tolist(), length, self._texts(req, answer[None, :length]), req.prompt_len,
                                 row.nfe, req.seed, "stop" if length < answer.shape[0] else "length")
-            self.metrics.record_done(req, len(out.tokens))
-            self._emit(req, RequestEvent("done", -1, out.tokens, 0, out.text, out))
+            self._done(req, out)
         return over
 
-    def _run_exclusive(self, cohort: List[Request]):
-        """Serve requests that do not join the row batch (see Request.exclusive)."""
+    def _run_alone(self, job: List[Request]):
+        """Serve a cohort (cohort.py) or an infill (infill.py) while the row batch is empty."""
         t0 = time.perf_counter()
-        self._exclusive = cohort     # close(graceful=False) cancels them
+        self._alone = job            # close(graceful=False) cancels them
         try:
-            results = cohort[0].exclusive(cohort)
+            match job:
+                case [InfillRequest() as infill]:
+                    results = [run_infill(self.engine, infill)]
+                case [CohortRequest(), *_]:
+                    results = run_cohort(self.engine, job)
+                case _:
+                    raise TypeError(f"the scheduler has no rule for a {type(job[0]).__name__}")
         except Exception as e:
-            results = [e] * len(cohort)
+            results = [e] * len(job)
         finally:
-            self._exclusive = None
-        self.metrics.record_step(len(cohort), time.perf_counter() - t0)
-        for req, res in zip(cohort, results):
+            self._alone = None
+        self.metrics.record_step(len(job), time.perf_counter() - t0)
+        for req, res in zip(job, results):
             if isinstance(res, BaseException):
                 if isinstance(res, RequestCancelledError):
                     self.metrics.cancelled += 1
                 self._fail(req, res)
             else:
-                self.metrics.record_done(req, len(res.tokens))
-                self._emit(req, RequestEvent("done", -1, res.tokens, 0, res.text, res))
+                self._done(req, res)
 
     # ------------------------------------------------------------ helpers
 
@@ -262,7 +276,7 @@ class Scheduler:
     def _answer(row: Row) -> torch.Tensor:
         return row.canvas[row.request.prompt_len:]
 
-    def _texts(self, req: Request, answers: torch.Tensor) -> Optional[str]:
+    def _texts(self, req: RowRequest, answers: torch.Tensor) -> Optional[str]:
         decode = self._decode(req.stops)
         return None if decode is None else decode(answers)[0]
 
@@ -272,6 +286,11 @@ class Scheduler:
             self._fail(req, RequestCancelledError("the request was cancelled"))
         else:
             self._fail(req, RequestTimeoutError(f"the request timed out after {now - req.submitted:.1f} s"))
+
+    def _done(self, req: Request, out: RequestOutput):
+        """The request completed: count it, send its "done" event."""
+        self.metrics.record_done(req, len(out.tokens))
+        self._emit(req, RequestEvent(kind="done", block=-1, tokens=out.tokens, text=out.text, nfe=out.nfe, output=out))
 
     def _emit(self, req: Request, event: RequestEvent):
         try:

@@ -1,11 +1,10 @@
-"""`illada-rt serve`: the OpenAI-style HTTP server (serving/http_app.py) under uvicorn.
+"""`illada-rt serve`: the OpenAI-style HTTP server (serving/http/) under uvicorn.
 
     illada-rt serve --model DIR [--host 127.0.0.1] [--port 8000] [--max-batch-size 16] ...
 
 SIGINT or SIGTERM stops it gracefully: no new connections, running requests finish,
 then the engine shuts down; the process exits with status 0. Needs the optional extra
-`pip install "illada_rt[serve]"` (Starlette and uvicorn). Also runnable on its own:
-`python -m illada_rt.cli_serve serve --model DIR`.
+`pip install "illada_rt[serve]"` (Starlette and uvicorn), imported only when the command runs.
 """
 from __future__ import annotations
 
@@ -16,7 +15,12 @@ import signal
 import sys
 import threading
 
-from . import DEMO_MODEL_DIR
+import torch
+
+from ..config import DEMO_MODEL_DIR
+from ..engine import Engine
+from ..serving import AsyncEngine
+from .options import KERNELS_HELP
 
 MISSING_EXTRA = 'the HTTP server needs Starlette and uvicorn: pip install "illada_rt[serve]"'
 
@@ -29,10 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda[:N]"')
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--kernels", default=None,
-                   help="which implementation runs each op family: auto (the compiled kernels where the build "
-                        "has code for the device, else torch), custom, torch, or per family, e.g. "
-                        "attention=torch,remask=custom (default: $ILLADA_KERNELS, else auto)")
+    p.add_argument("--kernels", default=None, help=KERNELS_HELP)
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per batched denoising step (default 16)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
     p.add_argument("--request-timeout", type=float, default=None,
@@ -40,6 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to let open connections finish on shutdown (default 30)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=run)
     return p
 
 
@@ -55,11 +57,7 @@ def _import_stack():
 def run(args) -> int:
     """Load the model, serve until SIGINT/SIGTERM, shut down gracefully. Returns the exit status."""
     uvicorn = _import_stack()
-    import torch
-
-    from .engine import Engine
-    from .serving import AsyncEngine
-    from .serving.http_app import create_app
+    from ..serving.http import create_app   # Starlette: only once the command runs
 
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise ValueError(f"--request-timeout must be positive, got {args.request_timeout}")

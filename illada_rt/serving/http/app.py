@@ -1,16 +1,16 @@
-"""The HTTP front end: an OpenAI-style API over one AsyncEngine, as a Starlette app.
+"""An OpenAI-style API over one AsyncEngine, as a Starlette app.
 
     app = create_app(AsyncEngine(Engine.from_pretrained(model_dir)), "demo_model")
     uvicorn.run(app, host="127.0.0.1", port=8000)       # or: illada-rt serve --model DIR
 
 Routes: POST /v1/completions, POST /v1/chat/completions (both stream with "stream": true),
 GET /v1/models, GET /health, GET /metrics (Prometheus text). Request fields are described
-in openai_schema.py, the completion's cuts (stop tokens, max_tokens, stop strings) in
-completion_text.py. Errors answer {"error": {"message", "type", "code"}}: 400 for a bad
+in schema.py, the completion's cuts (stop tokens, max_tokens, stop strings) in
+completion.py. Errors answer {"error": {"message", "type", "code"}}: 400 for a bad
 request, 404 for an unknown route or model, 413 for a body over MAX_BODY_BYTES, 429 when
 the queue is full, 503 when shutting down, 504 on timeout, 500 for anything else; none of
 them stops the server. A client that disconnects cancels its request. Starlette is an
-optional dependency (`pip install "illada_rt[serve]"`), imported only here.
+optional dependency (`pip install "illada_rt[serve]"`), imported only in this package.
 """
 from __future__ import annotations
 
@@ -26,18 +26,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..text import NoTokenizerError
-from . import openai_schema as schema
-from . import sse
-from .completion_text import CompletionText, DeltaStream
-from .http_support import ClientGone, error_response, error_status, gather_or_cancel, unless_disconnected
+from ...text import NoTokenizerError
+from ..async_engine import AsyncEngine
+from . import schema, sse
+from .completion import CompletionText, DeltaStream
+from .disconnect import ClientGone, gather_or_cancel, unless_disconnected
+from .errors import error_body, error_response, error_status
 
 MAX_BODY_BYTES = 1 << 20
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Api:
-    def __init__(self, aeng, model_name: str):
+    def __init__(self, aeng: AsyncEngine, model_name: str):
         self.aeng, self.engine, self.model_name = aeng, aeng.engine, model_name
         self.closing = False
         self.created = int(time.time())
@@ -48,7 +49,7 @@ class _Api:
     def codec(self):
         """The checkpoint's TextCodec, or None when it ships no tokenizer (token-id prompts only)."""
         try:
-            return None if self.engine.model_dir is None else self.engine.codec
+            return self.engine.text.codec
         except NoTokenizerError:
             return None
 
@@ -184,7 +185,7 @@ class _Api:
                 return
             except Exception as e:   # headers are sent: the error goes into the stream
                 status, kind = error_status(e)
-                yield sse.event(sse.error_body(str(e) or type(e).__name__, kind, status))
+                yield sse.event(error_body(str(e) or type(e).__name__, kind, status))
             finally:
                 await events.aclose()   # cancels the request if the client left early
 
@@ -236,7 +237,7 @@ def _guarded(handler):
         try:
             return await handler(request)
         except _TooLarge as e:
-            return JSONResponse(sse.error_body(str(e), "invalid_request_error", 413), status_code=413)
+            return JSONResponse(error_body(str(e), "invalid_request_error", 413), status_code=413)
         except ClientGone:
             return Response(status_code=499)
         except Exception as e:
@@ -247,10 +248,10 @@ def _guarded(handler):
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    return JSONResponse(sse.error_body(message, kind, exc.status_code), status_code=exc.status_code)
+    return JSONResponse(error_body(message, kind, exc.status_code), status_code=exc.status_code)
 
 
-def create_app(async_engine, model_name: Optional[str] = None) -> Starlette:
+def create_app(async_engine: AsyncEngine, model_name: Optional[str] = None) -> Starlette:
     """A Starlette app serving async_engine; its lifespan's end shuts the engine down gracefully."""
     api = _Api(async_engine, model_name or "illada")
 
