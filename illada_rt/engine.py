@@ -13,11 +13,13 @@ sequences, stream events, infills and scores come back on the CPU, logits stay o
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 
 from .config import ModelConfig
 from .decoding import likelihood, validate
@@ -28,6 +30,10 @@ from .decoding.step import answer_lengths
 from .device import resolve_device
 from .model import LLaDAModel
 from .ops import select_kernels
+from .parallel.group import leave
+from .parallel.launch import Followers, die_with_parent
+from .parallel.mirror import Mirror, RankFailure, follow
+from .parallel.start import LoadOptions, load_rank, start
 from .loading import load_model
 from .decoding.stream import StreamEvent, stream_events
 from .text import NoTokenizerError, TextCodec, TextFrontend
@@ -56,9 +62,41 @@ def _resolve_dtype(dtype) -> torch.dtype:
     raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
 
 
+def mirrored(method):
+    """An API method every tensor-parallel rank runs: the leader announces the call first
+    (parallel/mirror.py); without tensor parallelism, or on a follower, the method itself."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.closed:
+            raise RuntimeError("the engine is closed")
+        if self.mirror is None or not self.mirror.group.leader:
+            return method(self, *args, **kwargs)
+        return self._ranks_together(lambda: self.mirror.call(method.__name__, args, kwargs,
+                                                             lambda: method(self, *args, **kwargs)))
+    return call
+
+
+def mirrored_stream(method):
+    """mirrored, for a method that returns an iterator: every rank advances it in step."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.closed:
+            raise RuntimeError("the engine is closed")
+        if self.mirror is None or not self.mirror.group.leader:
+            return method(self, *args, **kwargs)
+        return self._ranks_together(lambda: self.mirror.iterate(method.__name__, args, kwargs,
+                                                                lambda: method(self, *args, **kwargs)))
+    return call
+
+
 class Engine:
-    def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None, use_cuda_graphs: bool = True):
+    def __init__(self, model: LLaDAModel, model_dir: Optional[str] = None, use_cuda_graphs: bool = True,
+                 mirror: Optional[Mirror] = None, followers: Optional[Followers] = None):
         self.model = model
+        # tensor parallelism: the rank's model is a shard; the leader announces every API call to
+        # the other ranks (parallel/mirror.py) and owns the processes it started (followers)
+        self.mirror, self._followers = mirror, followers
+        self.closed = False
         # CUDA: generate() replays one captured denoising step per shape (decoding/graph/); False: eager
         self.use_cuda_graphs = use_cuda_graphs
         self.runner = Runner(model, use_cuda_graphs)
@@ -73,7 +111,7 @@ class Engine:
                         dtype: Union[str, torch.dtype] = "float32", progress=None,
                         quantization: Optional[str] = None, quantize_head: bool = False,
                         group_size: int = 128, use_cuda_graphs: bool = True,
-                        kernels: Optional[str] = None) -> "Engine":
+                        kernels: Optional[str] = None, tensor_parallel: int = 1) -> "Engine":
         """device: "cpu" or "cuda[:N]" (RuntimeError naming the reason where CUDA cannot run).
         progress: optional callable (tensors loaded, tensors in all), called while loading.
         quantization: None, "int8", "int4" or "fp8": quantize the block matrices (and with
@@ -83,16 +121,67 @@ class Engine:
         kernels: which implementation runs each op family (ops/kernels.py): "auto" (the compiled
         kernels where the extension has code for the device, else the torch twins, with a warning),
         "custom" (RuntimeError where they cannot run), "torch", or per family, e.g.
-        "attention=torch,remask=custom". None: the ILLADA_KERNELS environment variable, else "auto"."""
+        "attention=torch,remask=custom". None: the ILLADA_KERNELS environment variable, else "auto".
+        tensor_parallel: N > 1 splits the model over N ranks (parallel/): this process is rank 0
+        and starts ranks 1..N-1 (on CUDA, cuda:0..N-1), or, under torchrun, every rank calls this
+        and the ranks other than 0 serve rank 0 until it closes the engine (then return it closed).
+        The engine behaves as a single-process one; close() (or `with`) stops the other ranks."""
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
+        if tensor_parallel != 1:
+            opts = LoadOptions(model_dir, device, torch_dtype, quantization, quantize_head, group_size, kernels,
+                               use_cuda_graphs)
+            rank = start(opts, tensor_parallel, _tensor_parallel_follower, progress)
+            engine = cls(rank.model, model_dir, use_cuda_graphs, rank.mirror, rank.followers)
+            if not rank.mirror.group.leader:     # a torchrun rank other than 0: serve rank 0 until it closes
+                follow(engine, rank.mirror)
+                engine._release()
+            return engine
         dev = resolve_device(device)
         kern = select_kernels(kernels, dev)
         model = load_model(model_dir, torch_dtype, dev, progress, quantization, quantize_head, group_size, kern)
         return cls(model, model_dir, use_cuda_graphs)
 
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the engine: with tensor parallelism, the other ranks end (the processes this
+        one started are joined) and the process group is left. Idempotent."""
+        if self.closed:
+            return
+        try:
+            if self.mirror is not None and self.mirror.group.leader:
+                self.mirror.close()
+        finally:
+            self._release()
+
+    def _ranks_together(self, run: Callable):
+        """run() on the leader; a rank that died, hung or left (a collective timed out) closes the
+        engine and raises RuntimeError saying so."""
+        try:
+            return run()
+        except (RankFailure, dist.DistError) as e:
+            self.mirror.closed = True          # the others cannot be told: they are gone or stuck
+            self._release()
+            raise RuntimeError(f"{e if isinstance(e, RankFailure) else f'tensor parallelism: {e}'}; "
+                               "the engine is closed (load it again)") from e
+
+    def _release(self) -> None:
+        self.closed = True
+        if self._followers is not None:
+            self._followers.stop()
+        if self.mirror is not None:
+            leave()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ tokens
 
+    @mirrored
     @torch.no_grad()
     def logits(self, input_ids, attention_mask=None) -> torch.Tensor:
         """Full-sequence logits [B, L, vocab_size] float32 on the engine's device (masks allowed in the input)."""
@@ -103,8 +192,10 @@ class Engine:
         mask = validate.as_attention_mask(attention_mask, ids)
         key_mask = None if mask is None else mask.bool()
         key_mask = None if key_mask is None else key_mask.to(self.device)
-        return self.model.logits(ids.to(self.device), key_mask).float()[..., : self.cfg.vocab_size]
+        logits = self.model.full_logits(self.model.logits(ids.to(self.device), key_mask))
+        return logits.float()[..., : self.cfg.vocab_size]
 
+    @mirrored
     def generate(self, input_ids, attention_mask=None, gen_length: int = 128, block_length: int = 32,
                  steps: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
                  remasking: str = "low_confidence", threshold: Optional[float] = None, cache: Optional[str] = None,
@@ -127,6 +218,7 @@ class Engine:
         return GenerationOutput(sequences, nfe, answer_lengths(sequences[:, plan.prompt_len:], plan.stops),
                                 plan.prompt_len, plan.seed)
 
+    @mirrored_stream
     def stream(self, input_ids, attention_mask=None, every_step: bool = False, **options) -> Iterator[StreamEvent]:
         """generate() as a stream of StreamEvents (see stream.py): one per finished block, and
         with every_step=True one per denoising step. `options` are generate()'s.
@@ -140,6 +232,7 @@ class Engine:
         the device: the plan that generate, stream and the serving scheduler run (decoding/plan.py)."""
         return plan_generation(self.cfg, self.device, input_ids, attention_mask, **options)
 
+    @mirrored
     def infill(self, input_ids, attention_mask=None, steps: Optional[int] = None, block_length: Optional[int] = None,
                temperature: float = 0.0, remasking: str = "low_confidence", threshold: Optional[float] = None,
                seed: Optional[int] = None) -> InfillOutput:
@@ -197,6 +290,7 @@ class Engine:
 
     # ------------------------------------------------------------------ scores
 
+    @mirrored
     def log_likelihood(self, prompts, answers, mc_num: int = 128, batch_size: int = 16, cfg_scale: float = 0.0,
                        seed: int = 0) -> Union[float, torch.Tensor]:
         """LLaDA's Monte-Carlo estimate of log p(answer | prompt) (see likelihood.py).
@@ -210,6 +304,7 @@ class Engine:
                                         resolve_seed(seed))
         return float(out[0]) if single else out
 
+    @mirrored
     def score_choices(self, prompt, options) -> torch.Tensor:
         """[n_options] float64: log p(option | prompt) with the option masked whole, in one forward."""
         if likelihood.is_single(options) or not len(options):
@@ -219,3 +314,13 @@ class Engine:
 
 
 __all__ = ["Engine", "GenerationOutput", "InfillOutput", "StreamEvent", "NoTokenizerError"]
+
+
+def _tensor_parallel_follower(rank: int, world: int, parent_pid: int, init_method: str, opts: LoadOptions) -> None:
+    """The life of a rank 1..N-1 that Engine.from_pretrained(tensor_parallel=N) started: load its
+    shard, run what rank 0 announces until it closes the engine."""
+    die_with_parent(parent_pid)
+    rank = load_rank(opts, rank, world, init_method)
+    engine = Engine(rank.model, opts.model_dir, opts.use_cuda_graphs, rank.mirror)
+    follow(engine, rank.mirror)
+    engine._release()

@@ -65,17 +65,20 @@ def seed_key(seeds: torch.Tensor):
     return seeds & _U32, (seeds >> 32) & _U32
 
 
-def gumbel_uniforms(seeds, positions, step, vocab: int) -> torch.Tensor:
-    """u[b, i, v] for seeds [B], positions [B, L], step [B] -> float64 [B, L, V] on seeds' device.
+def gumbel_uniforms(seeds, positions, step, vocab: int, vocab_start: int = 0) -> torch.Tensor:
+    """u[b, i, v] for seeds [B], positions [B, L], step [B] and the vocabulary entries
+    [vocab_start, vocab_start + vocab) -> float64 [B, L, vocab] on seeds' device.
 
     Vocabulary entry v takes word v % 4 of the counter c0 = v // 4: one Philox call serves four entries.
     """
-    quads = torch.arange((vocab + 3) // 4, dtype=torch.int64, device=seeds.device)   # c0 values
+    first = vocab_start // 4
+    quads = torch.arange(first, (vocab_start + vocab + 3) // 4, dtype=torch.int64, device=seeds.device)  # c0 values
     k0, k1 = seed_key(seeds)
     words = philox4x32(quads[None, None, :], positions[:, :, None], step[:, None, None], GUMBEL,
                        k0[:, None, None], k1[:, None, None])
-    word = torch.stack(words, dim=-1).flatten(-2)[..., :vocab]    # [B, L, 4 * quads] -> [B, L, V]
-    return uniform(word)
+    word = torch.stack(words, dim=-1).flatten(-2)                  # [B, L, 4 * quads]: entries from 4 * first
+    skip = vocab_start - 4 * first
+    return uniform(word[..., skip:skip + vocab])
 
 
 def remask_uniforms(seeds, positions, step) -> torch.Tensor:

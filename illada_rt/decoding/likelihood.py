@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..model import LLaDAModel
 
@@ -108,8 +107,7 @@ def _answer_logprobs(model: LLaDAModel, tokens: torch.Tensor, key_mask: Optional
         logits = un + (cfg_scale + 1) * (cond - un)
     else:
         logits = model.logits(tokens, key_mask, rows)                     # [B, A, E]
-    logp = F.log_softmax(logits.float()[..., : model.cfg.vocab_size], dim=-1)
-    return torch.gather(logp, -1, targets[..., None]).squeeze(-1).cpu()
+    return model.target_logprobs(logits, targets).cpu()
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..config import ModelConfig, expected_shapes
+from ..model.shard import ModelShard
 from .errors import CheckpointError
 from .safetensors import TensorReader
 
@@ -13,9 +14,11 @@ Progress = Callable[[int, int], None]  # (tensors done, tensors in all)
 
 
 def iter_weights(model_dir: str, cfg: ModelConfig, dtype: Optional[torch.dtype],
-                 progress: Optional[Progress] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+                 progress: Optional[Progress] = None,
+                 shard: Optional[ModelShard] = None) -> Iterator[Tuple[str, torch.Tensor]]:
     """Yield (name, tensor in `dtype`; as stored when None) for every tensor the model needs, file by
-    file, checked against cfg: every tensor present, no biases, the shapes config.json implies."""
+    file, checked against cfg: every tensor present, no biases, the shapes config.json implies.
+    shard: a tensor-parallel rank's slices only (model/shard.py), read as slices from the files."""
     reader = TensorReader(model_dir)
     shapes = expected_shapes(cfg)
     reader.require(shapes)
@@ -28,7 +31,7 @@ def iter_weights(model_dir: str, cfg: ModelConfig, dtype: Optional[torch.dtype],
     done = 0
     for names in by_file.values():
         for name in names:
-            t = reader.read(name, shapes[name])
+            t = reader.read(name, shapes[name], index=None if shard is None else shard.index(name))
             done += 1
             if progress is not None:
                 progress(done, len(shapes))

@@ -9,11 +9,12 @@ sharded with a model.safetensors.index.json, as every checkpoint may be.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
 from ..config import ModelConfig, expected_shapes
+from ..model.shard import ModelShard
 from ..quant.formats import QuantizedWeight, stored_parts
 from ..quant.spec import QuantSpec, quantized_shapes
 from .errors import CheckpointError
@@ -28,9 +29,11 @@ def part_name(name: str, part: str) -> str:
 
 
 def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: torch.dtype, device: torch.device,
-                   progress=None) -> Iterator[Tuple[str, Union[torch.Tensor, QuantizedWeight]]]:
+                   progress=None, shard: Optional[ModelShard] = None
+                   ) -> Iterator[Tuple[str, Union[torch.Tensor, QuantizedWeight]]]:
     """(public name, dense tensor in `dtype` or QuantizedWeight) on `device` for every tensor the
-    model needs; CheckpointError naming the file and tensor where the files disagree with `spec`."""
+    model needs; CheckpointError naming the file and tensor where the files disagree with `spec`.
+    shard: a tensor-parallel rank's slices only, read as slices from the files."""
     reader = TensorReader(model_dir, f"the {spec.format} quantized checkpoint")
     files = reader.files
     quantized = quantized_shapes(cfg, spec)
@@ -47,12 +50,14 @@ def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: tor
                                   f"quantized to {spec.format}")
     total, done = len(dense) + len(quantized), 0
     for name, shape in dense.items():
-        yield name, reader.read(name, shape).to(device=device, dtype=dtype)
+        index = None if shard is None else shard.index(name)
+        yield name, reader.read(name, shape, index=index).to(device=device, dtype=dtype)
         done += 1
         if progress is not None:
             progress(done, total)
     for name, (rows, cols) in quantized.items():
-        parts = {p: reader.read(part_name(name, p), shape, dt).to(device)
+        parts = {p: reader.read(part_name(name, p), shape, dt, None if shard is None else
+                                shard.part_index(name, p, spec.format, spec.group_size)).to(device)
                  for p, (shape, dt) in stored_parts(spec.format, rows, cols, spec.group_size, spec.zeros).items()}
         yield name, QuantizedWeight(spec.format, parts["qweight"], parts["scale"], parts.get("zero"), spec.groups)
         done += 1

@@ -75,20 +75,28 @@ class TensorReader:
                                   f"{self.what or 'the checkpoint'}")
 
     def read(self, name: str, shape: Optional[Tuple[int, ...]] = None,
-             dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The tensor `name` as stored; shape None: any; dtype None: any floating point dtype."""
+             dtype: Optional[torch.dtype] = None, index: Optional[Tuple[slice, ...]] = None) -> torch.Tensor:
+        """The tensor `name` as stored; shape None: any; dtype None: any floating point dtype.
+        index: read only that slice of it (safetensors get_slice: nothing else leaves the file);
+        shape is then the whole tensor's."""
         self.require([name])
         path = self.files[name]
         if path != self._path:
             self._path, self._handle = None, None                 # let the previous file go first
             self._handle, self._path = open_safetensors(path), path
         try:
-            t = self._handle.get_tensor(name)
+            if index is None:
+                t = self._handle.get_tensor(name)
+                whole = tuple(t.shape)
+            else:
+                part = self._handle.get_slice(name)
+                whole = tuple(part.get_shape())
+                t = part[index] if shape is None or whole == tuple(shape) else None
         except Exception as e:
             raise CheckpointError(f"{path}: tensor {name} cannot be read ({e})") from None
-        if shape is not None and tuple(t.shape) != tuple(shape):
+        if shape is not None and whole != tuple(shape):
             implied = "config.json implies" if self.what is None else f"{self.what} and config.json imply"
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)}, {implied} {tuple(shape)}")
+            raise CheckpointError(f"{path}: tensor {name} has shape {whole}, {implied} {tuple(shape)}")
         if dtype is None and not t.is_floating_point():
             raise CheckpointError(f"{path}: tensor {name} has dtype {t.dtype}, expected floating point")
         if dtype is not None and t.dtype != dtype:

@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.distributed as dist
 
 from .. import ops
 from ..config import ModelConfig
 from ..ops import Kernels, select_kernels
 from .linear import linear, rmsnorm_into
+from .shard import ModelShard
 from .weights import LayerWeights, Matrix, Named, pack_weights
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]  # per layer (K, V), each [B, L, Hkv, hd] after RoPE
@@ -21,9 +23,14 @@ RowSelect = Union[None, slice, torch.Tensor]         # rows of the final layer: 
 
 class LLaDAModel:
     def __init__(self, cfg: ModelConfig, wte: torch.Tensor, layers: List[LayerWeights], ln_f: torch.Tensor,
-                 head: Matrix, kernels: Optional[Kernels] = None):
+                 head: Matrix, kernels: Optional[Kernels] = None, shard: Optional[ModelShard] = None):
         self.cfg = cfg
         self.wte, self.layers, self.ln_f, self.head = wte, layers, ln_f, head
+        # tensor parallelism (shard.py): this rank's heads, FFN columns and vocabulary rows; None: all
+        self.shard = shard
+        self.heads = cfg.n_heads if shard is None else shard.heads
+        self.kv_heads = cfg.n_kv_heads if shard is None else shard.kv_heads
+        self.ffn = cfg.mlp_hidden_size if shard is None else shard.ffn
         self.dtype, self.device = wte.dtype, wte.device
         # the op implementations (compiled or torch twin, per family); None: $ILLADA_KERNELS or "auto"
         self.kernels = select_kernels(None, self.device) if kernels is None else kernels
@@ -32,11 +39,12 @@ class LLaDAModel:
                                         ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta))
 
     @classmethod
-    def from_weights(cls, cfg: ModelConfig, named: Named, kernels: Optional[Kernels] = None) -> "LLaDAModel":
+    def from_weights(cls, cfg: ModelConfig, named: Named, kernels: Optional[Kernels] = None,
+                     shard: Optional[ModelShard] = None) -> "LLaDAModel":
         """The model of (public name, tensor) pairs, packed as they arrive (see weights.pack_weights);
-        loading.load_model builds the pairs from a checkpoint directory."""
+        loading.load_model builds the pairs from a checkpoint directory (with a shard: the rank's slices)."""
         wte, layers, ln_f, head = pack_weights(cfg, named)
-        return cls(cfg, wte, layers, ln_f, head, kernels)
+        return cls(cfg, wte, layers, ln_f, head, kernels, shard)
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
                rows: RowSelect, pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
@@ -54,7 +62,7 @@ class LLaDAModel:
         """
         cfg, kern = self.cfg, self.kernels
         B, Lx, _ = x.shape
-        hd, H, Hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        hd, H, Hkv = cfg.head_dim, self.heads, self.kv_heads         # this rank's heads (all without a shard)
         qkv = linear(kern, h, w.wqkv).view(B, Lx, H + 2 * Hkv, hd)  # [B, Lx, H + 2 Hkv, hd]
         q, k, v = qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]
         kern.rope_(k, self.rope_cos, self.rope_sin, position_start=pos0)
@@ -72,12 +80,25 @@ class LLaDAModel:
             kern.rope_(q, self.rope_cos, self.rope_sin, position_start=pos0 + local.start)
             x_rows = x if rows is None else x[:, local].contiguous()
         att = kern.attention(q, k, v, key_mask)                  # [B, Lq, H, hd]
-        o = linear(kern, att.view(B, -1, cfg.d_model), w.wo)     # [B, Lq, d]
+        o = self._reduce(linear(kern, att.view(B, -1, H * hd), w.wo))   # [B, Lq, d]
         h_rows = rmsnorm_into(kern, w.w_gate_up, o, w.ff_norm, cfg.rms_norm_eps, residual=x_rows)  # x_rows += o
         gate_up = linear(kern, h_rows, w.w_gate_up)              # [B, Lq, 2F]
-        f = cfg.mlp_hidden_size
+        f = self.ffn
         act = kern.swiglu(gate_up[..., :f], gate_up[..., f:])
-        return x_rows, linear(kern, act, w.w_down)
+        return x_rows, self._reduce(linear(kern, act, w.w_down))
+
+    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """A row-parallel matmul's result: this rank's partial sum, summed over the ranks."""
+        return partial if self.shard is None else self.shard.all_reduce(partial)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[..., d] embedding rows of tokens; with a shard each rank contributes the rows it holds."""
+        if self.shard is None:
+            return self.kernels.embedding(tokens, self.wte)
+        local = tokens - self.shard.vocab_start
+        held = (local >= 0) & (local < self.shard.vocab_rows)
+        x = self.kernels.embedding(local.clamp(0, self.shard.vocab_rows - 1), self.wte)
+        return self.shard.all_reduce(x.masked_fill_(~held[..., None], 0))
 
     def hidden(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
@@ -87,7 +108,7 @@ class LLaDAModel:
         slice of the canvas (see _block), without one they are the whole canvas.
         """
         cfg, kern = self.cfg, self.kernels
-        x = kern.embedding(tokens, self.wte)                     # [B, Lx, d] residual stream
+        x = self._embed(tokens)                                  # [B, Lx, d] residual stream
         h = rmsnorm_into(kern, self.layers[0].wqkv, x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1
         for i, w in enumerate(self.layers):
@@ -100,14 +121,48 @@ class LLaDAModel:
 
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor], rows: RowSelect = None,
                cache: Optional[KVCache] = None, pos0: int = 0):
-        """LM-head outputs [B, Lr, embedding_size] in the model dtype for `rows` (see hidden)."""
-        return linear(self.kernels, self.hidden(tokens, key_mask, rows, cache, pos0), self.head)
+        """LM-head outputs [B, Lr, E] in the model dtype for `rows` (see hidden): E = embedding_size,
+        or with a shard this rank's vocabulary slice of it (full_logits gathers them)."""
+        return self.head_logits(self.hidden(tokens, key_mask, rows, cache, pos0))
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on final-normed hidden states [..., d] -> [..., E] (with a shard: its slice)."""
+        return linear(self.kernels, hidden, self.head)
+
+    def full_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [..., E] whole: with a shard, every rank's vocabulary slice gathered (each rank
+        gets them all); without one, logits itself."""
+        if self.shard is None:
+            return logits
+        per, E = self.shard.vocab_per_rank, self.cfg.embedding_size
+        padded = torch.nn.functional.pad(logits, (0, per - logits.shape[-1]))        # equal widths to gather
+        parts = self.shard.all_gather(padded)                                          # [N, ..., per]
+        return torch.cat(list(parts.unbind(0)), dim=-1)[..., :E]
+
+    def target_logprobs(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log softmax(logits over the generable vocabulary)[targets] in float32: logits [..., E] (with
+        a shard: this rank's slice; the softmax still runs over every rank's), targets [...] int64."""
+        V = self.cfg.vocab_size
+        if self.shard is None:
+            logp = torch.nn.functional.log_softmax(logits.float()[..., :V], dim=-1)
+            return torch.gather(logp, -1, targets[..., None]).squeeze(-1)
+        start = self.shard.vocab_start
+        l = logits.float()[..., : max(0, min(V - start, logits.shape[-1]))]          # the generable part held
+        top = l.amax(-1) if l.shape[-1] else torch.full(l.shape[:-1], float("-inf"), device=l.device)
+        top = self.shard.all_reduce(top, dist.ReduceOp.MAX)
+        total = self.shard.all_reduce(torch.exp(l - top[..., None]).sum(-1))          # sum of exp over V
+        local = targets - start
+        held = (local >= 0) & (local < l.shape[-1])
+        picked = torch.gather(l, -1, local.clamp(0, max(l.shape[-1] - 1, 0))[..., None]).squeeze(-1) \
+            if l.shape[-1] else torch.zeros_like(top)
+        target = self.shard.all_reduce(torch.where(held, picked, torch.zeros_like(picked)))
+        return target - top - torch.log(total)
 
     # ------------------------------------------------------------ block KV cache
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         """Uninitialised per-layer (K, V), each [batch, length, Hkv, hd] in the model dtype."""
-        shape = (batch, length, self.cfg.n_kv_heads, self.cfg.head_dim)
+        shape = (batch, length, self.kv_heads, self.cfg.head_dim)
         return [(torch.empty(shape, dtype=self.dtype, device=self.device),
                  torch.empty(shape, dtype=self.dtype, device=self.device)) for _ in self.layers]
 

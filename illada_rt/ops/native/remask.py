@@ -18,7 +18,7 @@ RuntimeError (one host read).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -111,6 +111,28 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
     temperature = float(temperature)
     _check(logits, tokens, block_start, vocab, seeds, row_offset, step, uncond, temperature, remasking, k,
            x0, conf, masks_left)
+
+    def choose(l, row_seeds, row_pos, row_step):
+        return _choose_rows(l, mask_id, temperature, row_seeds, row_pos, row_step, remasking == "random")
+
+    return remask_rows(choose, vocab, vocab, logits, tokens, block_start, mask_id=mask_id, seeds=seeds,
+                       row_offset=row_offset, step=step, uncond=uncond, cfg_scale=cfg_scale, k=k,
+                       threshold=threshold, x0=x0, conf=conf, masks_left=masks_left, workspace=workspace)
+
+
+RowChooser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                      Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def remask_rows(choose: RowChooser, cols: int, chunk_cols: int, logits: torch.Tensor, tokens: torch.Tensor,
+                block_start: int, *, mask_id: int, seeds: torch.Tensor, row_offset: torch.Tensor,
+                step: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float, k: Optional[torch.Tensor],
+                threshold: Optional[float], x0: Optional[torch.Tensor], conf: Optional[torch.Tensor],
+                masks_left: Optional[torch.Tensor], workspace: Optional[torch.Tensor]) -> torch.Tensor:
+    """The step on checked arguments, with phase 1 delegated: choose(l [r, cols] float32 CFG-combined
+    logits, seeds [r], positions [r], step [r]) -> (x0 [r], conf [r] float64, finite [r] bool) for
+    chunks of rows of at most _CHUNK_ENTRIES / chunk_cols each (the vocab-parallel remask passes a
+    chooser that combines the ranks' slices, and the same chunk_cols on every rank)."""
     B, Lb, _ = logits.shape
     dev = logits.device
     block = tokens[:, block_start:block_start + Lb]                             # [B, Lb] view
@@ -119,15 +141,15 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
 
     # phase 1 over the flattened rows, a chunk of rows at a time
     R = B * Lb
-    rows_l = logits[..., :vocab].reshape(R, vocab)
-    rows_u = None if uncond is None else uncond[..., :vocab].reshape(R, vocab)
+    rows_l = logits[..., :cols].reshape(R, cols)
+    rows_u = None if uncond is None else uncond[..., :cols].reshape(R, cols)
     row_seeds = seeds[:, None].expand(B, Lb).reshape(R)
     row_step = step[:, None].expand(B, Lb).reshape(R)
     row_pos = positions.reshape(R)
     choice = torch.empty(R, dtype=torch.int64, device=dev)
     confidence = torch.empty(R, dtype=torch.float64, device=dev)
     finite = torch.empty(R, dtype=torch.bool, device=dev)
-    chunk = max(1, _CHUNK_ENTRIES // vocab)
+    chunk = max(1, _CHUNK_ENTRIES // max(chunk_cols, 1))
     weight = float(cfg_scale) + 1.0                                              # rounded to float32 by torch
     for r0 in range(0, R, chunk):
         part = slice(r0, min(R, r0 + chunk))
@@ -135,8 +157,7 @@ def remask_(logits: torch.Tensor, tokens: torch.Tensor, block_start: int, *, voc
         if rows_u is not None:
             un = rows_u[part].float()
             l = un + weight * (l - un)
-        choice[part], confidence[part], finite[part] = _choose_rows(
-            l, mask_id, temperature, row_seeds[part], row_pos[part], row_step[part], remasking == "random")
+        choice[part], confidence[part], finite[part] = choose(l, row_seeds[part], row_pos[part], row_step[part])
     choice, confidence, finite = choice.view(B, Lb), confidence.view(B, Lb), finite.view(B, Lb)
     bad = masked & ~finite
     confidence = torch.where(masked & finite, confidence, float("-inf"))      # [B, Lb], -inf: not a candidate
