@@ -129,9 +129,9 @@ class Engine:
         model_dir = os.fspath(model_dir)
         torch_dtype = _resolve_dtype(dtype)
         if tensor_parallel != 1:
-            opts = LoadOptions(model_dir, device, torch_dtype, quantization, quantize_head, group_size, kernels,
-                               use_cuda_graphs)
-            rank = start(opts, tensor_parallel, _tensor_parallel_follower, progress)
+            opts = LoadOptions(model_dir, device, str(torch_dtype).split(".")[-1], quantization, quantize_head,
+                               group_size, kernels, use_cuda_graphs)
+            rank = start(opts, tensor_parallel, (__name__, _tensor_parallel_follower.__name__), progress)
             engine = cls(rank.model, model_dir, use_cuda_graphs, rank.mirror, rank.followers)
             if not rank.mirror.group.leader:     # a torchrun rank other than 0: serve rank 0 until it closes
                 follow(engine, rank.mirror)
@@ -316,10 +316,12 @@ class Engine:
 __all__ = ["Engine", "GenerationOutput", "InfillOutput", "StreamEvent", "NoTokenizerError"]
 
 
-def _tensor_parallel_follower(rank: int, world: int, parent_pid: int, init_method: str, opts: LoadOptions) -> None:
-    """The life of a rank 1..N-1 that Engine.from_pretrained(tensor_parallel=N) started: load its
-    shard, run what rank 0 announces until it closes the engine."""
+def _tensor_parallel_follower(rank: int, world: int, parent_pid: int, init_method: str, opts: dict) -> None:
+    """The life of a rank 1..N-1 that Engine.from_pretrained(tensor_parallel=N) started (in a
+    process of its own, parallel/launch.py): load its shard, run what rank 0 announces until it
+    closes the engine."""
     die_with_parent(parent_pid)
+    opts = LoadOptions.from_json(opts)
     rank = load_rank(opts, rank, world, init_method)
     engine = Engine(rank.model, opts.model_dir, opts.use_cuda_graphs, rank.mirror)
     follow(engine, rank.mirror)

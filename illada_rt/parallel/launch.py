@@ -1,4 +1,4 @@
-"""Rank 0 starts ranks 1..N-1 as processes of its own (multiprocessing, spawn) and watches them.
+"""Rank 0 starts ranks 1..N-1 as processes of its own and watches them.
 
 A follower dies with its parent (Linux: PR_SET_PDEATHSIG, and a thread that notices the parent is
 gone on any platform): no rank outlives a crashed or killed leader. The leader checks its
@@ -7,13 +7,14 @@ followers before every call: a dead one is named with its exit code, and the eng
 from __future__ import annotations
 
 import ctypes
-import multiprocessing as mp
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from typing import Callable, List
+from typing import List, Tuple
 
 from .mirror import RankFailure
 
@@ -40,20 +41,20 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class Followers:
-    """The spawned ranks 1..N-1 of a leader."""
+    """The ranks 1..N-1 a leader started: each a fresh Python process (`python -c`) that imports
+    `target` = (module, function) and calls it with (rank, world, leader pid, *args); args must be
+    JSON. Fresh processes, not multiprocessing's spawn: a caller's script is never re-run in them."""
 
-    def __init__(self, target: Callable, world: int, args: tuple):
-        ctx = mp.get_context("spawn")
-        self.procs: List[mp.Process] = []
+    def __init__(self, target: Tuple[str, str], world: int, args: tuple):
+        module, function = target
+        self.procs: List[subprocess.Popen] = []
         for rank in range(1, world):
-            p = ctx.Process(target=target, args=(rank, world, os.getpid()) + args, name=f"illada-rt-tp-rank{rank}",
-                            daemon=True)
-            p.start()
-            self.procs.append(p)
+            payload = json.dumps([rank, world, os.getpid(), *args])
+            self.procs.append(subprocess.Popen([sys.executable, "-c", _BOOT, module, function, payload]))
 
     def check_alive(self) -> None:
         """RankFailure naming every follower that has exited."""
-        dead = [(rank, p.exitcode) for rank, p in enumerate(self.procs, 1) if not p.is_alive()]
+        dead = [(rank, p.returncode) for rank, p in enumerate(self.procs, 1) if p.poll() is not None]
         if dead:
             raise RankFailure("tensor parallelism: " + ", ".join(f"rank {r} exited (code {c})" for r, c in dead))
 
@@ -61,11 +62,19 @@ class Followers:
         """Wait for the followers to end (they do once the leader closes); then terminate, then kill."""
         deadline = time.monotonic() + timeout
         for p in self.procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
         for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(2.0)
-            if p.is_alive():
-                p.kill()
-                p.join(2.0)
+            for end in (p.terminate, p.kill):
+                if p.poll() is None:
+                    end()
+                    try:
+                        p.wait(2.0)
+                    except subprocess.TimeoutExpired:
+                        pass
+
+
+_BOOT = ("import importlib, json, sys; "
+         "getattr(importlib.import_module(sys.argv[1]), sys.argv[2])(*json.loads(sys.argv[3]))")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -29,15 +29,26 @@ from .remask import with_vocab_parallel_remask
 
 @dataclass
 class LoadOptions:
-    """What from_pretrained loads, as every rank needs it (picklable for spawned ranks)."""
+    """What from_pretrained loads, as every rank needs it (JSON for spawned ranks: as_json / from_json)."""
     model_dir: str
     device: str
-    dtype: torch.dtype
+    dtype: str                     # "float32", "bfloat16" or "float16"
     quantization: Optional[str] = None
     quantize_head: bool = False
     group_size: int = 128
     kernels: Optional[str] = None
     use_cuda_graphs: bool = True
+
+    def as_json(self) -> dict:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "LoadOptions":
+        return cls(**raw)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
 
 @dataclass
@@ -68,21 +79,22 @@ def load_rank(opts: LoadOptions, rank: int, world: int, init_method: Optional[st
     shard = ModelShard.of(ckpt.cfg, rank, world)
     group = join(rank, world, device, init_method)
     kernels = with_vocab_parallel_remask(select_kernels(opts.kernels, device), shard)
-    model = load_model(ckpt, opts.dtype, device, progress, opts.quantization, opts.quantize_head, opts.group_size,
+    model = load_model(ckpt, opts.torch_dtype, device, progress, opts.quantization, opts.quantize_head, opts.group_size,
                        kernels, shard)
     return Rank(model, Mirror(group, None if followers is None else followers.check_alive), followers)
 
 
-def start(opts: LoadOptions, world: int, follower_main: Callable, progress=None) -> Rank:
+def start(opts: LoadOptions, world: int, follower_main: Tuple[str, str], progress=None) -> Rank:
     """This process's rank of a `world`-rank group: rank 0 starting the others, or (under torchrun)
-    whichever rank torchrun made it."""
+    whichever rank torchrun made it. follower_main: (module, function) the started ranks run, called
+    with (rank, world, leader pid, init_method, opts.as_json())."""
     ModelShard.of(Checkpoint.open(opts.model_dir).cfg, 0, world)      # refuse a split that cannot work, first
     if launched_by_torchrun():
         if int(os.environ["WORLD_SIZE"]) != world:
             raise RuntimeError(f"tensor_parallel={world}, but torchrun started {os.environ['WORLD_SIZE']} ranks")
         return load_rank(opts, int(os.environ["RANK"]), world, None, progress=progress)
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    followers = Followers(follower_main, world, (init_method, opts))
+    followers = Followers(follower_main, world, (init_method, opts.as_json()))
     try:
         return load_rank(opts, 0, world, init_method, followers, progress)
     except BaseException:
