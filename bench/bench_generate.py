@@ -74,6 +74,9 @@ def parse_args(argv=None):
                     help="build the engine once per choice with kernels=CHOICE: a comma list of custom, torch, "
                          "auto, or one per-family choice such as attention=torch,remask=custom; repeatable "
                          "(default: the engine's own default, no kernels keyword)")
+    ap.add_argument("--tensor-parallel", default="1",
+                    help="comma list of rank counts: each builds the engine with tensor_parallel=N (N > 1 needs "
+                         "N devices on CUDA; a synthetic model is written to a temporary checkpoint first)")
     ap.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra keyword for the Engine (e.g. use_cuda_graphs=0 where the Engine has it); repeatable")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; later configurations are skipped")
@@ -191,19 +194,23 @@ def configurations(args, with_reference: bool = True):
                             yield schedule, B, lengths, mode, path
 
 
-def run_model(model_name, quant, kernels, args, device, limits, deadline, out_rows, save, with_reference=True):
-    """Every configuration on one engine: model, weight format and kernels choice (with_reference
-    False: the reference rows were measured with another kernels choice of the same model)."""
+def run_model(model_name, quant, kernels, args, device, limits, deadline, out_rows, save, with_reference=True,
+              tensor_parallel=1):
+    """Every configuration on one engine: model, weight format, kernels choice and rank count
+    (with_reference False: the reference rows were measured with another engine of the same model)."""
     dtype = DTYPES[args.dtype]
     quant = None if quant == "none" else quant
     engine_kwargs = dict(args.engine_kwargs, **({} if kernels == DEFAULT_KERNELS else dict(kernels=kernels)))
-    failed = dict(model=model_name or args.model, quant=quant or "none", kernels=kernels)
+    if tensor_parallel > 1:
+        engine_kwargs["tensor_parallel"] = tensor_parallel
+    failed = dict(model=model_name or args.model, quant=quant or "none", kernels=kernels,
+                  tensor_parallel=tensor_parallel)
     try:
         eng, ref, label = synthetic.build(args.model, model_name, args.n_layers, dtype, device, engine_kwargs, quant)
     except torch.cuda.OutOfMemoryError:
         out_rows.append(dict(failed, status="oom (weights)"))
         return save()
-    except (TypeError, ValueError) as e:  # an option, format or kernels choice this illada_rt does not take
+    except (TypeError, ValueError, RuntimeError) as e:  # an option, format, kernels or rank count not taken
         out_rows.append(dict(failed, status=f"error: {e}"))
         print(f"bench_generate: {model_name or args.model} {quant or ''} kernels {kernels}: {e}", flush=True)
         return save()
@@ -218,13 +225,19 @@ def run_model(model_name, quant, kernels, args, device, limits, deadline, out_ro
                    prompt_len=P, gen_length=G, block_length=args.block_length, batch=B, steps=args.steps or G,
                    schedule=schedule, mode=mode, quant=quant or "none",
                    kernels="-" if path == "reference" else kernels, path=path,
+                   tensor_parallel=1 if path == "reference" else tensor_parallel,
                    threshold=args.threshold if schedule == "threshold" else None, status="ok")
         out_rows.append(row)
         if measure.is_cuda(device):
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            measure_row(row, eng, ref, ids, args, limits, deadline)
+            with measure.CollectiveClock(device) as clock:
+                start = time.perf_counter()
+                measure_row(row, eng, ref, ids, args, limits, deadline)
+            if path == "engine" and tensor_parallel > 1:   # share of the row's wall time in collectives
+                row["collective_share"] = clock.seconds / (time.perf_counter() - start)
+                row["collective_pct"] = 100 * row["collective_share"]
         except measure.OutOfTime:
             row["status"] = "skipped (time budget)"
         except torch.cuda.OutOfMemoryError:
@@ -239,6 +252,8 @@ def run_model(model_name, quant, kernels, args, device, limits, deadline, out_ro
         print(f"[{time.strftime('%H:%M:%S')}] {label} P+G {P}+{G} batch {B} {schedule} {mode} {path} "
               f"kernels {row['kernels']}: {row['status']}, {results.fmt(row.get('ms_per_step'))} ms/step", flush=True)
         save()
+    if hasattr(eng, "close"):
+        eng.close()                       # a tensor-parallel engine's other ranks end here
     del eng, ref
     gc.collect()
     if measure.is_cuda(device):
@@ -266,6 +281,18 @@ def add_kernel_ratios(rows):
             r["vs_torch_kernels"] = r["tokens_per_s"] / base[key(r)]
 
 
+def add_parallel_ratios(rows):
+    """x 1 rank = tokens/s of a tensor-parallel engine row over the one-process row of the same
+    model, weights, kernels and configuration."""
+    key = lambda r: tuple(r.get(k) for k in ("model", "quant", "kernels", "lengths", "batch", "schedule",  # noqa: E731
+                                             "mode"))
+    base = {key(r): r["tokens_per_s"] for r in rows
+            if r.get("path") == "engine" and r.get("tensor_parallel", 1) == 1 and "tokens_per_s" in r}
+    for r in rows:
+        if r.get("path") == "engine" and r.get("tensor_parallel", 1) > 1 and "tokens_per_s" in r and key(r) in base:
+            r["vs_one_rank"] = r["tokens_per_s"] / base[key(r)]
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -283,10 +310,13 @@ def main(argv=None):
     save = lambda: results.write_json(path, result)  # noqa: E731
     for name in ([None] if args.model else args.synthetic.split(",")):
         for quant in args.quant.split(","):
-            for i, kernels in enumerate(args.kernel_choices):  # the reference once, with the first choice
-                run_model(name, quant, kernels, args, device, limits, deadline, rows, save, with_reference=i == 0)
+            for i, kernels in enumerate(args.kernel_choices):  # the reference once, with the first engine
+                for j, tp in enumerate(ints(args.tensor_parallel)):
+                    run_model(name, quant, kernels, args, device, limits, deadline, rows, save,
+                              with_reference=i == 0 and j == 0, tensor_parallel=tp)
     add_speedups(rows)
     add_kernel_ratios(rows)
+    add_parallel_ratios(rows)
     result["seconds"] = time.monotonic() - started
     save()
     where = info.get("gpu") or f"{info['cpu']}, {info['torch_threads']} threads"
@@ -295,6 +325,10 @@ def main(argv=None):
         if "speedup" in r:
             print(f"speed-up over the reference path: {r['speedup']:.2f}x ({r['model']}, P+G {r['lengths']}, "
                   f"batch {r['batch']}, {r['schedule']}, {r['mode']}, kernels {r['kernels']})")
+        if "vs_one_rank" in r:
+            print(f"{r['tensor_parallel']} ranks over one process: {r['vs_one_rank']:.2f}x, "
+                  f"{100 * r.get('collective_share', 0):.0f}% of the time in collectives ({r['model']}, "
+                  f"P+G {r['lengths']}, batch {r['batch']}, {r['schedule']}, {r['mode']})")
         if "vs_torch_kernels" in r and r["kernels"] != "torch":
             print(f"kernels {r['kernels']} over torch: {r['vs_torch_kernels']:.2f}x ({r['model']}, "
                   f"P+G {r['lengths']}, batch {r['batch']}, {r['schedule']}, {r['mode']})")

@@ -123,3 +123,38 @@ def time_runs(run: Callable[[], int], device: torch.device, repeats: int, deadli
         if i > 0:
             secs.append(start.seconds_to(Stamp(device)))
     return median(secs), nfe
+
+
+class CollectiveClock:
+    """Seconds this process spends inside torch.distributed collectives while active (a tensor-
+    parallel engine's all-reduces, vocab-parallel all-gathers and call announcements). On CUDA each
+    collective is synchronized around, so the share is of wall time, slightly perturbed."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+        from illada_rt.model import shard
+        self.device, self.seconds = device, 0.0
+        self._patched = [(dist, "all_reduce"), (dist, "broadcast_object_list"), (shard, "_gather_into")]
+        self._saved = []
+
+    def _timed(self, fn):
+        def run(*args, **kwargs):
+            synchronize(self.device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                synchronize(self.device)
+                self.seconds += time.perf_counter() - start
+        return run
+
+    def __enter__(self) -> "CollectiveClock":
+        for owner, name in self._patched:
+            self._saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, self._timed(getattr(owner, name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, fn in self._saved:
+            setattr(owner, name, fn)
+        self._saved.clear()

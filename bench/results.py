@@ -30,9 +30,10 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 # the printed tables: (header, row key, format spec)
 GENERATE_COLUMNS = [
     ("model", "model", ""), ("P+G", "lengths", ""), ("batch", "batch", ""), ("schedule", "schedule", ""),
-    ("mode", "mode", ""), ("quant", "quant", ""), ("kernels", "kernels", ""), ("path", "path", ""),
-    ("status", "status", ""), ("ms/step", "ms_per_step", ".2f"), ("tokens/s", "tokens_per_s", ".1f"),
-    ("x ref", "speedup", ".2f"), ("x torch", "vs_torch_kernels", ".2f"),
+    ("mode", "mode", ""), ("quant", "quant", ""), ("kernels", "kernels", ""), ("TP", "tensor_parallel", ""),
+    ("path", "path", ""), ("status", "status", ""), ("ms/step", "ms_per_step", ".2f"),
+    ("tokens/s", "tokens_per_s", ".1f"), ("x ref", "speedup", ".2f"), ("x torch", "vs_torch_kernels", ".2f"),
+    ("x 1 rank", "vs_one_rank", ".2f"), ("% collectives", "collective_pct", ".0f"),
     ("TFLOP/s", "tflop_per_s", ".3g"), ("% peak FLOP", "pct_flops", ".1f"), ("GB/s", "gb_per_s", ".3g"),
     ("% peak BW", "pct_bytes", ".1f"), ("weights GiB", "weights_gib", ".3g"), ("peak GiB", "peak_memory_gib", ".1f"),
     ("timing", "timing", "")]

@@ -6,9 +6,13 @@ make every token equally meaningless, and the timing does not depend on them.
 """
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
+from safetensors.torch import save_file
 
 from illada_rt import Engine, ModelConfig, reference
 from illada_rt.config import PREFIX, expected_shapes
@@ -92,6 +96,16 @@ def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, dev
             engine_kwargs["quantization"] = quant
         eng = Engine.from_pretrained(model_dir, device=str(device), dtype=dtype, kernels=kernels, **engine_kwargs)
         label = model_dir
+    elif engine_kwargs.get("tensor_parallel", 1) > 1:
+        # every rank reads its slices from a checkpoint: write the synthetic weights to one first
+        folder = tempfile.TemporaryDirectory(prefix="illada-bench-")
+        cfg = synthetic_config(synthetic, n_layers)
+        write_checkpoint(folder.name, synthetic, cfg, synthetic_weights(cfg, dtype, torch.device("cpu")))
+        if quant:
+            engine_kwargs["quantization"] = quant
+        eng = Engine.from_pretrained(folder.name, device=str(device), dtype=dtype, kernels=kernels, **engine_kwargs)
+        eng.bench_folder = folder          # lives as long as the engine (ranks may still be reading it)
+        label = f"synthetic {synthetic}" + (f" ({n_layers} layers)" if n_layers else "")
     else:
         cfg = synthetic_config(synthetic, n_layers)
         named = synthetic_weights(cfg, dtype, device)
@@ -99,5 +113,15 @@ def build(model_dir: str, synthetic: str, n_layers: int, dtype: torch.dtype, dev
             named = quantized(named, cfg, quant, dtype, device)
         eng = Engine(LLaDAModel.from_weights(cfg, named, select_kernels(kernels, device)), **engine_kwargs)
         label = f"synthetic {synthetic}" + (f" ({n_layers} layers)" if n_layers else "")
-    ref = None if quant else reference.ReferenceModel(eng.cfg, shared_state(eng.model))
+    tp = engine_kwargs.get("tensor_parallel", 1) > 1           # a rank holds a shard: no reference on it
+    ref = None if quant or tp else reference.ReferenceModel(eng.cfg, shared_state(eng.model))
     return eng, ref, label
+
+
+def write_checkpoint(folder: str, name: str, cfg: ModelConfig, named) -> None:
+    """A checkpoint directory (config.json + model.safetensors) of synthetic weights."""
+    raw = dict(SYNTHETIC[name], n_layers=cfg.n_layers, block_type="llama", activation_type="silu",
+               layer_norm_type="rms", rope=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(raw, f)
+    save_file({n: t.contiguous() for n, t in named}, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})

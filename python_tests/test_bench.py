@@ -111,6 +111,22 @@ def test_bench_generate_custom_vs_torch_kernels_in_one_run(tmp_path):
     assert "kernels custom over torch:" in r.stdout and "| x torch |" in r.stdout
 
 
+def test_bench_generate_one_rank_and_two_in_one_run(tmp_path):
+    """--tensor-parallel 1,2: the two-rank engine's rows carry its ratio to one process and the share
+    of its time in collectives (a synthetic model goes through a temporary checkpoint)."""
+    r = run_script("bench_generate.py", "--n-layers", "1", "--prompt-len", "8", "--gen-length", "16",
+                   "--block-length", "8", "--max-steps", "2", "--repeats", "1", "--paths", "engine",
+                   "--tensor-parallel", "1,2", "--matmul-size", "128", "--copy-mib", "4", "--out", str(tmp_path))
+    rows = only_json(tmp_path)[1]["rows"]
+    assert all(row["status"] == "ok" for row in rows), rows
+    one, two = rows
+    assert (one["tensor_parallel"], two["tensor_parallel"]) == (1, 2)
+    assert two["vs_one_rank"] == pytest.approx(two["tokens_per_s"] / one["tokens_per_s"])
+    assert 0 < two["collective_share"] < 1 and "collective_share" not in one
+    assert two["weights_gib"] < 0.6 * one["weights_gib"]
+    assert "2 ranks over one process:" in r.stdout and "| x 1 rank |" in r.stdout
+
+
 def test_bench_generate_kernel_choices():
     assert bench_generate.parse_args([]).kernel_choices == ["default"]   # the engine's default: no keyword
     assert bench_generate.parse_args(["--kernels", "custom,torch"]).kernel_choices == ["custom", "torch"]
