@@ -13,7 +13,6 @@ sequences, stream events, infills and scores come back on the CPU, logits stay o
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Union
@@ -32,7 +31,7 @@ from .model import LLaDAModel
 from .ops import select_kernels
 from .parallel.group import leave
 from .parallel.launch import Followers, die_with_parent
-from .parallel.mirror import Mirror, RankFailure, follow
+from .parallel.mirror import Mirror, RankFailure, follow, mirrored, mirrored_stream
 from .parallel.start import LoadOptions, load_rank, start
 from .loading import load_model
 from .decoding.stream import StreamEvent, stream_events
@@ -60,33 +59,6 @@ def _resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in DTYPES:
         return DTYPES[dtype]
     raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-
-
-def mirrored(method):
-    """An API method every tensor-parallel rank runs: the leader announces the call first
-    (parallel/mirror.py); without tensor parallelism, or on a follower, the method itself."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if self.closed:
-            raise RuntimeError("the engine is closed")
-        if self.mirror is None or not self.mirror.group.leader:
-            return method(self, *args, **kwargs)
-        return self._ranks_together(lambda: self.mirror.call(method.__name__, args, kwargs,
-                                                             lambda: method(self, *args, **kwargs)))
-    return call
-
-
-def mirrored_stream(method):
-    """mirrored, for a method that returns an iterator: every rank advances it in step."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        if self.closed:
-            raise RuntimeError("the engine is closed")
-        if self.mirror is None or not self.mirror.group.leader:
-            return method(self, *args, **kwargs)
-        return self._ranks_together(lambda: self.mirror.iterate(method.__name__, args, kwargs,
-                                                                lambda: method(self, *args, **kwargs)))
-    return call
 
 
 class Engine:

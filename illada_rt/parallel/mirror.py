@@ -17,6 +17,7 @@ leader's call raises, never hangs.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -154,3 +155,28 @@ def follow(engine, mirror: Mirror) -> None:
                 message = mirror.receive()
         else:       # a "stop" or "next" with nothing open: nothing to do
             message = mirror.receive()
+
+
+def _announced(method, announce):
+    """method, run by every rank: on the leader, announce (Mirror.call or Mirror.iterate) first."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if self.closed:
+            raise RuntimeError("the engine is closed")
+        if self.mirror is None or not self.mirror.group.leader:
+            return method(self, *args, **kwargs)
+        return self._ranks_together(lambda: announce(self.mirror, method.__name__, args, kwargs,
+                                                     lambda: method(self, *args, **kwargs)))
+    return call
+
+
+def mirrored(method):
+    """An engine API method every tensor-parallel rank runs: the leader announces the call first;
+    without tensor parallelism (engine.mirror None), or on a follower, the method itself. The
+    engine's _ranks_together turns a rank's failure into a closed engine and a clear error."""
+    return _announced(method, Mirror.call)
+
+
+def mirrored_stream(method):
+    """mirrored, for a method that returns an iterator: every rank advances it in step."""
+    return _announced(method, Mirror.iterate)
