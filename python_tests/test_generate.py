@@ -7,6 +7,9 @@ from illada_rt import reference
 
 GRID = [  # (steps, gen_length, block_length)
     (8, 8, 8), (16, 16, 4), (8, 16, 4), (12, 24, 8), (6, 12, 12), (32, 16, 8), (10, 10, 5),
+    # steps that do not divide a block's masks: per-step counts 3, 3, 2 and 2, 2, 2, 1, 1, so
+    # the schedule's order (the larger counts first) shows in the tokens
+    (6, 16, 8), (10, 16, 8),
 ]
 
 
@@ -81,22 +84,40 @@ def test_left_padded_batch_matches_reference(engines, layout, options):
 
 
 @pytest.mark.parametrize("layout", ["llada", "illada"])
-def test_early_stop_matches_reference_and_saves_blocks(engines, layout):
+@pytest.mark.parametrize("stopping", ["every_row", "first_row"])
+def test_early_stop_matches_reference_and_saves_blocks(engines, layout, stopping):
+    """Early stop: once a finished block holds a stop token, the row's answer after it becomes EOS.
+    Stop ids are drawn from a run without early stop, so where they fall is known: "every_row":
+    each row meets one in block 0, so blocks 1-3 are skipped and only block 0's 4 forwards run;
+    "first_row": row 1 meets none in block 0 and goes on (row 0 does not stop the batch)."""
     eng, ref = engines[layout]
     ids = random_prompt(eng.cfg, 2, 5, seed=13)
-    kw = dict(steps=16, gen_length=32, block_length=8, seed=0)
+    kw = dict(steps=16, gen_length=32, block_length=8, seed=0)  # 4 blocks of 8, 4 steps a block
     full = eng.generate(ids, **kw)
-    stop = int(full.answers[0, 3])  # a token row 0 produces in its first block
-    out = eng.generate(ids, stop_at_eos=True, stop_token_ids=[stop], **kw)
-    expected, nfe = reference.generate(ref, ids, mask_id=eng.cfg.mask_token_id, stop_token_ids=[stop],
+    block0 = full.answers[:, :8]
+    if stopping == "every_row":
+        stops = [int(block0[0, 3]), int(block0[1, 5])]
+    else:
+        stops = [t for t in block0[0].tolist() if t not in block0[1].tolist()][:1]
+        assert stops, "row 0's first block shares every token with row 1's"
+    stop_ids = torch.tensor(stops)
+    assert torch.isin(block0, stop_ids).any(1).tolist() == [True, stopping == "every_row"]  # the premise
+
+    out = eng.generate(ids, stop_at_eos=True, stop_token_ids=stops, **kw)
+    expected, nfe = reference.generate(ref, ids, mask_id=eng.cfg.mask_token_id, stop_token_ids=stops,
                                        fill_id=eng.cfg.eos_token_id, **kw)
     assert torch.equal(out.sequences, expected) and out.nfe == nfe
-    first = int((full.answers[0] == stop).nonzero()[0])
-    assert int(out.answer_lengths[0]) == first
-    assert torch.equal(out.answers[0, : first + 1], full.answers[0, : first + 1])
-    assert bool((out.answers[0, first + 1:] == eng.cfg.eos_token_id).all())
-    if bool((full.answers[1, :8] == stop).any()):
-        assert out.nfe < full.nfe  # every row stopped in block 0: later blocks skipped
+    for b in range(2):
+        hits = torch.isin(full.answers[b], stop_ids).nonzero()
+        first = int(hits[0]) if len(hits) else full.answers.shape[1]
+        assert int(out.answer_lengths[b]) == first
+        assert torch.equal(out.answers[b, : first + 1], full.answers[b, : first + 1])
+        assert bool((out.answers[b, first + 1:] == eng.cfg.eos_token_id).all())
+    assert full.nfe == 16
+    if stopping == "every_row":
+        assert out.nfe == 4       # every row stopped in block 0: blocks 1-3 took no forward
+    else:
+        assert out.nfe > 4        # row 1 went on
 
 
 def test_answer_lengths_without_eos_is_full_length(engines):

@@ -213,6 +213,134 @@ def test_remask_tie_break_lower_position_first(kernels):
     assert torch.equal(one[0, 3:] != m, torch.arange(Lb) == 0)
 
 
+def uniform_block_case(logits, *, mask_id, vocab=None, block_start=3, tail=2):
+    """A step on `logits` [B, Lb, >= vocab] (vocab: all columns unless given) with every block row masked."""
+    B, Lb, width = logits.shape
+    vocab = width if vocab is None else vocab
+    tokens = torch.full((B, block_start + Lb + tail), mask_id, dtype=torch.int64)
+    tokens[:, :block_start] = (mask_id + 1) % vocab
+    return dict(tokens=tokens, block_start=block_start, vocab=vocab, mask_id=mask_id, logits=logits,
+                seeds=torch.arange(1, B + 1), row_offset=torch.zeros(B, dtype=torch.int64),
+                step=torch.zeros(B, dtype=torch.int64))
+
+
+def block_changes(case, tokens):
+    """bool [B, Lb]: the block rows this step changed."""
+    bs, Lb = case["block_start"], case["logits"].shape[1]
+    return tokens[:, bs: bs + Lb] != case["tokens"][:, bs: bs + Lb]
+
+
+# 17: past libstdc++'s insertion-sort cutoff (16), where an unstable sort stops looking stable by
+# luck; 32 and 64: powers of two (the CUDA bitonic sort's sizes); 8192: the longest CUDA block.
+TIE_BLOCKS = [17, 32, 64, 8192]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Lb", TIE_BLOCKS)
+def test_remask_equal_confidences_take_the_lowest_rows(kernels, dtype, Lb):
+    """Bit-identical logits in every row, so one confidence for all: the top k are the k lowest
+    masked rows, whatever the block length (an unstable sort picks e.g. rows [8, 15, 16] of 17)."""
+    B, vocab, m = 3, 50, 7
+    row = (torch.randn(vocab, generator=generator("equal-conf", dtype, Lb)) * 3).to(dtype)
+    case = uniform_block_case(row.expand(B, Lb, vocab).contiguous(), mask_id=m)
+    bs = case["block_start"]
+    case["tokens"][1, bs + 1] = 4                           # sequence 1: row 1 not masked, skipped
+    case["tokens"][2, bs: bs + Lb: 2] = 4                   # sequence 2: only the odd rows masked
+    tokens, x0, conf, left = check_step(kernels, case, k=torch.tensor([3, 3, 5]))
+    masked = case["tokens"][:, bs: bs + Lb] == m
+    assert (conf[masked] == conf[0, 0]).all()               # the premise: one confidence for every row
+    want = torch.zeros(B, Lb, dtype=torch.bool)
+    want[0, [0, 1, 2]] = True
+    want[1, [0, 2, 3]] = True
+    want[2, [1, 3, 5, 7, 9]] = True
+    assert torch.equal(block_changes(case, tokens), want)
+    assert left.tolist() == [Lb - 3, Lb - 4, Lb // 2 - 5]
+    # the threshold rule: above the shared confidence only the first masked row; at it, every row
+    one = run_step(kernels, case, threshold=min(1.0, float(conf[0, 0]) * 1.5))[0]
+    assert torch.equal(block_changes(case, one), torch.arange(Lb).expand(B, Lb) == torch.tensor([[0], [0], [1]]))
+    every = run_step(kernels, case, threshold=float(conf[0, 0]))[0]
+    assert torch.equal(block_changes(case, every), masked)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_remask_confidence_equal_to_the_threshold_is_transferred(kernels, dtype):
+    """The threshold rule is conf >= threshold, equality included, at confidences that are exact:
+    (1) one logit 100 above N(0, 1) others: the softmax saturates to exactly 1.0, so threshold 1.0
+    takes every such row (a sequence without one still takes its single most confident row);
+    (2) a threshold equal to a row's computed confidence takes that row; (3) rows whose only finite
+    logits are n equal ones have confidence exactly 1/n: threshold 0.5 takes the rows with n <= 2."""
+    B, Lb, vocab = 2, 19, 300
+    case = make_step(generator(dtype, "at-threshold"), B=B, Lb=Lb, vocab=vocab, pad_cols=3, dtype=dtype,
+                     masked_frac=1.0, logit_scale=1.0)
+    bs, m = case["block_start"], case["mask_id"]
+    logits = case["logits"].float()
+    saturated = torch.zeros(B, Lb, dtype=torch.bool)
+    for i in (2, 5, 11, 18):                                # sequence 0 only
+        logits[0, i, 13 * i] = 100.0                        # never the mask id (vocab - 3)
+        saturated[0, i] = True
+    case["logits"] = logits.to(dtype)
+    case["tokens"][0, bs + 5] = (m + 1) % vocab             # a saturated row that is not masked stays
+    masked = case["tokens"][:, bs: bs + Lb] == m
+
+    tokens, x0, conf, _ = check_step(kernels, case, threshold=1.0)
+    assert (conf[masked & saturated] == 1.0).all() and (conf[masked & ~saturated] < 1.0).all()
+    changed = block_changes(case, tokens)
+    assert torch.equal(changed[0], masked[0] & saturated[0])       # rows 2, 11, 18
+    assert changed[1].sum() == 1 and conf[1][changed[1]].item() == conf[1].max().item()
+    assert x0[0, [2, 11, 18]].tolist() == [26, 143, 234]
+
+    # (2) the threshold is a masked row's confidence as the op computed it (the reference's may
+    # differ in the last bit, so the transfer is checked against the op's own confidences)
+    middle = int(conf[1].argsort()[Lb // 2])                # not sequence 1's most confident row
+    threshold = float(conf[1, middle])
+    tokens, _, conf_again, _ = run_step(kernels, case, threshold=threshold)
+    assert torch.equal(conf_again, conf)
+    changed = block_changes(case, tokens)
+    assert changed[1, middle]
+    assert torch.equal(changed, masked & (conf >= threshold))
+
+    # (3) n equal finite logits, the rest -inf: confidence 1/n exactly, x0 the lowest of the n ids
+    ties = [2, 1, 4, 2, 3, 2, 8, 1, 2, 4, 2, 5, 2, 2, 1, 4, 2, 3, 2]  # n for each of the 19 rows
+    exact = torch.full((B, Lb, vocab + 3), NEG_INF)
+    exact[..., vocab:] = 1e4                                # padded columns: never read
+    for i, n in enumerate(ties):
+        exact[:, i, [10 + 7 * j for j in range(n)]] = 0.5
+    exact_case = dict(case, logits=exact.to(dtype))
+    tokens, x0, conf, _ = check_step(kernels, exact_case, threshold=0.5)
+    n = torch.tensor(ties, dtype=torch.float64).expand(B, Lb)
+    assert torch.equal(conf[masked], (1.0 / n)[masked])
+    assert (x0[masked] == 10).all()
+    assert torch.equal(block_changes(exact_case, tokens), masked & (n <= 2))
+
+
+# Vocabulary ids on both sides of the CUDA row kernel's splits (csrc/cuda/remask.cu): 8 consecutive
+# ids per thread (7 | 8), 32 threads a warp (255 | 256), 512 threads a sweep of 4096 ids (4095 | 4096,
+# 8191 | 8192); the first id of a row and the last (9000 of a 9001-entry vocabulary).
+TIE_IDS = [0, 7, 8, 255, 256, 4095, 4096, 8191, 8192, 9000]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pad_cols", [0, 7])
+def test_remask_equal_logits_lowest_id_wins(kernels, dtype, pad_cols):
+    """Row r has its maximum logit at every id of TIE_IDS[r:] and at the mask id (3, never chosen):
+    x0 is TIE_IDS[r], the lowest tied id that is not [MASK], wherever the others lie."""
+    vocab, m, Lb = 9001, 3, len(TIE_IDS)
+    g = generator("tie-ids", dtype, pad_cols)
+    logits = torch.randn(2, Lb, vocab + pad_cols, generator=g).clamp(-4.0, 4.0)
+    logits[..., vocab:] = 1e4
+    logits[..., m] = 8.0
+    for r in range(Lb):
+        logits[:, r, TIE_IDS[r:]] = 8.0
+    case = uniform_block_case(logits.to(dtype), mask_id=m, vocab=vocab)
+    tokens, x0, conf, left = check_step(kernels, case, k=torch.tensor([Lb, 4]))
+    assert x0.tolist() == [TIE_IDS, TIE_IDS]
+    assert (conf[0, 1:] > conf[0, :-1]).all()               # fewer tied maxima, higher confidence
+    bs = case["block_start"]
+    assert tokens[0, bs: bs + Lb].tolist() == TIE_IDS
+    # sequence 1 takes its 4 most confident rows: the last four (fewest ties)
+    assert tokens[1, bs: bs + Lb].tolist() == [m] * (Lb - 4) + TIE_IDS[-4:]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 def test_remask_row_offset_left_padding(kernels, dtype, remasking):

@@ -49,10 +49,18 @@ def assert_matches(out, x, w, eps):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("eps", [1e-5, 1e-6])
-def test_rmsnorm(kernels, dtype, shape, layout, eps):
-    g = generator(dtype, shape, layout, eps)
-    x = rand(g, shape, dtype, layout, scale=2.0, shift=0.5)          # [..., dim]
-    w = rand(g, shape[-1:], dtype, "contiguous", scale=0.1, shift=1.0)  # [dim]
+@pytest.mark.parametrize("magnitude", ["unit", "small"])
+def test_rmsnorm(kernels, dtype, shape, layout, eps, magnitude):
+    """magnitude "unit": mean(x^2) about 4, where eps barely moves the output (~1e-6); "small":
+    mean(x^2) about 4 eps, where eps moves it by ~10%, so an eps ignored or replaced shows."""
+    g = generator(dtype, shape, layout, eps, magnitude)
+    size = 1.0 if magnitude == "unit" else eps ** 0.5
+    x = rand(g, shape, dtype, layout, scale=2.0 * size, shift=0.5 * size)   # [..., dim]
+    w = rand(g, shape[-1:], dtype, "contiguous", scale=0.1, shift=1.0)       # [dim]
+    if magnitude == "small":  # the premise: eps / 2 and 2 eps give outputs far outside the tolerance
+        for other in (eps / 2, 2 * eps):
+            assert not torch.allclose(reference.rms_norm(x.float(), w.float(), other),
+                                      reference.rms_norm(x.float(), w.float(), eps), rtol=1e-2, atol=0)
     out, wide = poisoned(shape, dtype, layout)
     result = kernels.rmsnorm(x, w, eps, out=out)
     assert result.data_ptr() == out.data_ptr()

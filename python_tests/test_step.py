@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from illada_rt.decoding.plan import DenoiseSettings
+from illada_rt.decoding.schedule import num_transfer_tokens, scheduled_steps, steps_per_full_block
 from illada_rt.decoding.step import StepRule, answer_lengths, fill_after_stop
-from illada_rt import ops
+from illada_rt import ops, reference
 
 
 def rule(kernels, **settings):
@@ -76,6 +77,26 @@ def test_fill_after_stop_repeats_the_stop_token_without_a_fill_id():
     assert answer.tolist() == [[4, 6, 6, 6]] and bool(finished[0])
     fill_after_stop(answer, 4, torch.tensor([4]), finished, None)        # a finished row is left alone
     assert answer.tolist() == [[4, 6, 6, 6]]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 8, 13, 32, 64, 100])
+def test_num_transfer_tokens_is_llada_schedule(steps):
+    """num_transfer_tokens against the reference's own transfer_counts (LLaDA's formula, computed
+    apart from the runtime), for every mask count 0..130 at once: fewer masks than steps
+    included, where the last steps transfer nothing. Each row sums to its mask count, and the top-k
+    rule fills a row in min(masks, steps) steps (zero-transfer steps are skipped)."""
+    masks = torch.arange(131)
+    counts = num_transfer_tokens(masks, steps)
+    assert counts.dtype == torch.int64 and counts.shape == (131, steps)
+    assert torch.equal(counts, reference.transfer_counts(masks, steps))
+    assert torch.equal(counts.sum(1), masks)
+    assert torch.equal(num_transfer_tokens(masks.to(torch.int32), steps), counts)
+    for n in (0, 1, steps - 1, steps, steps + 1, 2 * steps + 3, 130):
+        row = torch.tensor([n])
+        assert scheduled_steps(row, num_transfer_tokens(row, steps)) == min(n, steps)
+    batch = torch.tensor([3, 0, 17, 1])                     # rows of one batch: the longest decides
+    assert scheduled_steps(batch, num_transfer_tokens(batch, steps)) == min(17, steps)
+    assert steps_per_full_block(32, steps) == min(32, steps)
 
 
 def test_answer_lengths():
