@@ -34,3 +34,19 @@ def test_cuda_rmsnorm_matches_reference(kernels, dtype, rows, dim, with_residual
     assert err <= 2 * torch_err + 1e-5
     if with_residual:
         torch.testing.assert_close(res, (res_before.float() + x.float()).to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [1e-6, 1e-5])
+def test_cuda_rmsnorm_eps_matters(kernels, dtype, eps):
+    """Rows whose mean square is a few eps: the output depends on eps (halving or doubling it moves
+    the result by over 1%), so a kernel that drops or fixes eps fails here."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x = (torch.randn(5, 256, device="cuda", generator=g) * (2 * eps) ** 0.5).to(dtype)
+    w = torch.ones(256, device="cuda", dtype=dtype)
+    want = reference.rms_norm(x.float(), w.float(), eps)
+    for other in (eps / 2, eps * 2):
+        assert (reference.rms_norm(x.float(), w.float(), other) - want).abs().max() > 0.01 * want.abs().max()
+    out = kernels.rmsnorm(x, w, eps)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out.float(), want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-4, atol=1e-6)
