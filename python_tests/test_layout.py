@@ -20,6 +20,7 @@ FLOORS = [
     {"illada_rt.text", "illada_rt.parallel"},                            # tokenizer; tensor-parallel ranks
     {"illada_rt.engine"},                                                # the public Engine
     {"illada_rt.serving"},                                               # shared engine, scheduler, HTTP
+    {"illada_rt.integrations"},                                          # other tools (lm-eval) over the engine
     {"illada_rt.cli"},                                                   # the command line
     {"illada_rt", "illada_rt.__main__"},                                 # the package's face
 ]
