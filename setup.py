@@ -18,6 +18,41 @@ from setuptools.command.build_ext import build_ext
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+# Tools a CMake build tree records by path. pip's isolated build environment (with its cmake and
+# ninja) is deleted after each install, but build/ outlives it: a cache naming a deleted tool fails
+# the next configure ("unable to find a build program corresponding to Ninja") or the build's
+# regeneration step.
+RECORDED_TOOLS = ("CMAKE_COMMAND", "CMAKE_MAKE_PROGRAM", "CMAKE_CTEST_COMMAND", "CMAKE_CPACK_COMMAND", "CMAKE_ROOT")
+
+
+def stale_cache_entries(build_dir):
+    """[(entry, recorded path)] of build_dir/CMakeCache.txt's RECORDED_TOOLS whose path no longer exists."""
+    cache = os.path.join(build_dir, "CMakeCache.txt")
+    if not os.path.isfile(cache):
+        return []
+    stale = []
+    with open(cache, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            name, sep, value = line.rstrip("\n").partition("=")
+            name = name.split(":", 1)[0]
+            if sep and name in RECORDED_TOOLS and value and not os.path.exists(value):
+                stale.append((name, value))
+    return stale
+
+
+def forget_stale_cache(build_dir):
+    """Remove build_dir's CMakeCache.txt where it names a tool that is gone (stale_cache_entries): the
+    next configure starts afresh with the tools of this build environment, and ninja still rebuilds
+    only what changed. Returns the stale entries (empty: the cache is kept)."""
+    stale = stale_cache_entries(build_dir)
+    if stale:
+        name, path = stale[0]
+        print(f"illada_rt: {build_dir}/CMakeCache.txt names {name}={path}, which no longer exists "
+              "(an earlier build environment); configuring afresh", file=sys.stderr)
+        os.remove(os.path.join(build_dir, "CMakeCache.txt"))
+    return stale
+
+
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
@@ -30,6 +65,7 @@ class CMakeBuild(build_ext):
         out_path = os.path.abspath(self.get_ext_fullpath(ext.name))
         build_dir = os.path.join(ROOT, "build", f"cmake-{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
         os.makedirs(build_dir, exist_ok=True)
+        forget_stale_cache(build_dir)
         cpu_only = os.environ.get("ILLADA_CPU_ONLY", "0").lower() in ("1", "on", "true", "yes")
         args = [
             "cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja",
@@ -57,4 +93,5 @@ class CMakeBuild(build_ext):
         os.replace(out_path + ".tmp", out_path)
 
 
-setup(ext_modules=[CMakeExtension("illada_rt._C")], cmdclass={"build_ext": CMakeBuild})
+if __name__ == "__main__":   # pip's build backend runs this file as __main__; tests import its helpers
+    setup(ext_modules=[CMakeExtension("illada_rt._C")], cmdclass={"build_ext": CMakeBuild})

@@ -113,3 +113,88 @@ def test_build_targets_from_build_info():
 def test_unreadable_target_is_an_error():
     with pytest.raises(ValueError, match="not a CUDA target"):
         code_for((9, 0), ["90a"], [])
+
+
+# ------------------------------------------------------------------ re-installs (setup.py)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup_module():
+    """setup.py's helpers, imported without building (its setup() runs only as __main__)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("illada_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_cache(build_dir, cmake, ninja):
+    os.makedirs(build_dir, exist_ok=True)
+    with open(os.path.join(build_dir, "CMakeCache.txt"), "w", encoding="utf-8") as f:
+        f.write(f"# This is the CMakeCache file.\nCMAKE_BUILD_TYPE:STRING=Release\n"
+                f"CMAKE_MAKE_PROGRAM:FILEPATH={ninja}\nCMAKE_COMMAND:INTERNAL={cmake}\n"
+                "ILLADA_CUDA_ARCHS:STRING=\n")
+
+
+def test_a_cache_naming_a_deleted_build_environment_is_forgotten(tmp_path):
+    """pip deletes its isolated build environment (cmake, ninja) after an install; the build tree's
+    CMakeCache.txt still names them, and the next install's configure failed on the missing ninja."""
+    setup = _setup_module()
+    gone = tmp_path / "pip-build-env-1234" / "overlay" / "bin"
+    build = str(tmp_path / "build")
+    _write_cache(build, str(gone / "cmake"), str(gone / "ninja"))
+    assert setup.stale_cache_entries(build) == [("CMAKE_MAKE_PROGRAM", str(gone / "ninja")),
+                                                ("CMAKE_COMMAND", str(gone / "cmake"))]
+    assert setup.forget_stale_cache(build)
+    assert not os.path.exists(os.path.join(build, "CMakeCache.txt"))
+    assert setup.stale_cache_entries(build) == [] and setup.forget_stale_cache(build) == []   # no cache: nothing
+
+
+def test_a_cache_naming_present_tools_is_kept(tmp_path):
+    setup = _setup_module()
+    tool = tmp_path / "bin" / "ninja"
+    tool.parent.mkdir()
+    tool.write_text("")
+    build = str(tmp_path / "build")
+    _write_cache(build, str(tool), str(tool))
+    assert setup.forget_stale_cache(build) == []
+    assert os.path.isfile(os.path.join(build, "CMakeCache.txt"))
+
+
+def test_numpy_is_a_dependency():
+    """torch imports numpy where it can and prints "Failed to initialize NumPy" where it cannot; torch
+    does not require it, so a fresh install without it printed that on the first run."""
+    import re
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        deps = re.search(r"^dependencies = \[(.*?)\]", f.read(), re.M | re.S).group(1)
+    assert re.search(r'"numpy[<>=!~ ,\d.]*"', deps), deps
+
+
+@pytest.mark.skipif(os.environ.get("ILLADA_TEST_REINSTALL") != "1",
+                    reason="minutes: builds the extension three times (set ILLADA_TEST_REINSTALL=1)")
+def test_every_reinstall_builds(tmp_path):
+    """`pip install -e .`, then `pip install -e ".[serve]"` (a new isolated build environment), then
+    `pip install --no-build-isolation -e .`, each in a copy of the tree, in a fresh venv (dependencies
+    are not installed: the build is what is tested)."""
+    import subprocess
+    import venv
+
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(src / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), src / name)
+    venv.create(tmp_path / "venv", with_pip=True)
+    pip = [str(tmp_path / "venv" / "bin" / "python"), "-m", "pip", "install", "--no-deps"]
+    env = dict(os.environ, ILLADA_CPU_ONLY="1", PATH=f"{tmp_path / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(pip + ["setuptools>=68", "pybind11>=2.12", "cmake>=3.24", "ninja", "wheel"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for args in (["-e", "."], ["-e", ".[serve]"], ["--no-build-isolation", "-e", "."], ["-e", "."]):
+        r = subprocess.run(pip + args, cwd=src, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, f"pip install {' '.join(args)}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+        built = [n for n in os.listdir(src / "illada_rt") if n.startswith("_C") and n.endswith(".so")]
+        assert len(built) == 1, built

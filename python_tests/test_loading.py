@@ -1,6 +1,7 @@
 """Checkpoint and config errors name the file and the tensor."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -125,3 +126,75 @@ def test_bad_dtype_and_device(tmp_path):
         with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
             Engine.from_pretrained(str(tmp_path), device=device)
     # device="cuda" where CUDA cannot run: test_cuda_engine.py
+
+
+# ------------------------------------------------------------------ hostile checkpoints
+
+def _with_index(path, index):
+    raw = index if isinstance(index, bytes) else json.dumps(index).encode()
+    (path / "model.safetensors.index.json").write_bytes(raw)
+
+
+@pytest.mark.parametrize("index,rule", [
+    ({"weight_map": ["model-00001-of-00002.safetensors"]}, "\"weight_map\" must be an object"),   # was AttributeError
+    ({"weight_map": {"model.transformer.wte.weight": 5}}, "must be a file name, got 5"),          # was TypeError
+    ({"weight_map": {"model.transformer.wte.weight": "/etc/hostname"}}, "is not a file inside"),
+    ({"weight_map": {"model.transformer.wte.weight": "../model.safetensors"}}, "is not a file inside"),
+    ({"metadata": {}}, "\"weight_map\" must be an object"),
+    ([1, 2], "\"weight_map\" must be an object"),
+    (b'{"weight_map": {"\xff": "x"}}', "UnicodeDecodeError"),
+    (b"[" * 100000 + b"]" * 100000, "RecursionError"),
+])
+def test_a_broken_index_names_the_file(tmp_path, index, rule):
+    write_checkpoint(str(tmp_path), "llada", shards=2)
+    _with_index(tmp_path, index)
+    with pytest.raises(CheckpointError) as e:
+        Engine.from_pretrained(str(tmp_path))
+    assert str(e.value).startswith(str(tmp_path / "model.safetensors.index.json")) and rule in str(e.value)
+
+
+def test_an_index_naming_a_tensor_its_shard_lacks(tmp_path):
+    write_checkpoint(str(tmp_path), "llada", shards=2)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    name = "model.transformer.blocks.1.up_proj.weight"
+    other = next(f for f in set(index["weight_map"].values()) if f != index["weight_map"][name])
+    index["weight_map"][name] = other
+    _with_index(tmp_path, index)
+    with pytest.raises(CheckpointError, match=f"{other}: tensor {name} is named in model.safetensors.index.json"):
+        Engine.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("name,rule", [
+    ("model.transformer.ff_out.weight", "not part of the model config.json describes (config.json says "
+                                        "weight_tying: the head is the embedding)"),
+    ("model.transformer.blocks.0.q_norm.weight", "blocks.0.q_norm.weight is not part of the model"),
+])
+def test_a_tensor_the_config_does_not_describe_is_refused(tmp_path, name, rule):
+    """Before: a tied config over an untied checkpoint loaded, and used the embedding as the head."""
+    write_checkpoint(str(tmp_path), "illada", shards=2)
+    save_file({name: torch.zeros(300, 64)}, str(tmp_path / "extra.safetensors"))
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    index["weight_map"][name] = "extra.safetensors"
+    _with_index(tmp_path, index)
+    with pytest.raises(CheckpointError, match=re.escape(rule)):
+        Engine.from_pretrained(str(tmp_path))
+
+
+def test_every_shape_is_checked_before_the_first_tensor_is_read(tmp_path, monkeypatch):
+    """A mismatch in the last layer fails before the loader reads (and converts) the earlier ones."""
+    from illada_rt.loading import safetensors as reader_module
+
+    write_checkpoint(str(tmp_path), "llada", n_layers=3)
+    p = "model.transformer.blocks.2.ff_out.weight"
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    weights[p] = torch.zeros(64, 50)
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    reads = []
+    real = reader_module.TensorReader.read
+    monkeypatch.setattr(reader_module.TensorReader, "read",
+                        lambda self, *a, **k: reads.append(a) or real(self, *a, **k))
+    with pytest.raises(CheckpointError,
+                       match=re.escape(f"tensor {p} has shape (64, 50), config.json implies (64, 96)")):
+        Engine.from_pretrained(str(tmp_path))
+    assert reads == []

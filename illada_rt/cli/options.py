@@ -38,7 +38,8 @@ def generation_args(p: argparse.ArgumentParser):
 
 def generation_kwargs(args) -> dict:
     """Engine.generate's keyword arguments from generation_args' options."""
-    return dict(gen_length=args.gen_length, block_length=args.block_length, steps=args.steps or args.gen_length,
+    steps = args.gen_length if args.steps is None else args.steps     # --steps 0 is an error, not the default
+    return dict(gen_length=args.gen_length, block_length=args.block_length, steps=steps,
                 temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
                 threshold=args.threshold, seed=args.seed, stop_at_eos=args.stop_at_eos, cache=args.cache)
 

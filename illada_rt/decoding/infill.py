@@ -19,6 +19,7 @@ import torch
 from ..config import ModelConfig
 from . import validate
 from .plan import Block, DenoiseSettings, GenerationPlan, on_device, resolve_seed
+from .schedule import steps_that_run
 
 
 @dataclass
@@ -77,8 +78,9 @@ def plan_infill(cfg: ModelConfig, device: torch.device, input_ids, attention_mas
                          f"(up to {int(counts.max())} masks / block_length {block_length})")
     validate.check_sampling(temperature, 0.0, remasking, threshold)
     seed = resolve_seed(seed)
-    settings = DenoiseSettings(steps_per_block=steps // len(blocks), temperature=float(temperature),
-                               remasking=remasking, threshold=None if threshold is None else float(threshold))
+    settings = DenoiseSettings(steps_per_block=steps_that_run(steps // len(blocks), block_length),
+                               temperature=float(temperature), remasking=remasking,
+                               threshold=None if threshold is None else float(threshold))
     key_mask = None if mask is None else mask.bool()
     row_offset = torch.zeros(ids.shape[0], dtype=torch.int64) if mask is None else (mask == 0).sum(1)
     seeds = torch.arange(ids.shape[0], dtype=torch.int64) + seed

@@ -17,13 +17,14 @@ import torch
 
 from ..config import ModelConfig
 from . import validate
+from .schedule import steps_that_run
 
 CACHE_MODES = ("prefix", "dual")     # Fast-dLLM's block KV caches (kv_cache.py)
 
 
 @dataclass
 class DenoiseSettings:
-    steps_per_block: int
+    steps_per_block: int                 # the plans keep it at most the masks a block fills (schedule.steps_that_run)
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: str = "low_confidence"
@@ -82,7 +83,7 @@ def resolve_seed(seed: Optional[int]) -> int:
 def stop_ids(cfg: ModelConfig, stop_token_ids: Optional[Sequence[int]]) -> List[int]:
     """The stop ids of a request: the ones given (checked), else the config's eos_token_id."""
     if stop_token_ids is not None:
-        stops = [int(t) for t in stop_token_ids]
+        stops = validate.as_token_ids(stop_token_ids, "stop_token_ids")
         bad = [t for t in stops if not 0 <= t < cfg.vocab_size or t == cfg.mask_token_id]
         if bad:
             raise ValueError(f"stop_token_ids {bad} are outside the vocabulary or equal the mask id")
@@ -101,9 +102,10 @@ def plan_generation(cfg: ModelConfig, device: torch.device, input_ids, attention
     mask = validate.as_attention_mask(attention_mask, ids)
     B, P = ids.shape
     _, steps_per_block = validate.check_schedule(P, gen_length, block_length, steps, cfg)
+    steps_per_block = steps_that_run(steps_per_block, block_length)
     validate.check_sampling(temperature, cfg_scale, remasking, threshold)
     stops = stop_ids(cfg, stop_token_ids)
-    if stop_at_eos and not stops:
+    if validate.check_flag(stop_at_eos, "stop_at_eos") and not stops:
         raise ValueError("stop_at_eos needs stop_token_ids: the config has no eos_token_id")
     settings = DenoiseSettings(
         steps_per_block=steps_per_block, temperature=float(temperature), cfg_scale=float(cfg_scale),

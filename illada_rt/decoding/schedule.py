@@ -17,6 +17,17 @@ def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
     return base + extra.to(torch.int64)
 
 
+def steps_that_run(steps_per_block: int, block_masks: int) -> int:
+    """The schedule length a block of at most block_masks masks needs: min(steps_per_block, block_masks).
+
+    With more steps than masks, LLaDA's schedule transfers one token at each of the first
+    `masks` steps and none after (num_transfer_tokens), so cutting it at block_masks steps
+    changes no token (nor any RNG counter: those count forwards, and no forward runs past the
+    last transfer). Plans keep the cut length, so nothing is ever sized by a `steps` argument
+    beyond what can run (StepBuffers.k, the graph step's k_table, a serving row's schedule)."""
+    return min(steps_per_block, block_masks)
+
+
 def scheduled_steps(counts: torch.Tensor, schedule: torch.Tensor) -> int:
     """Steps the top-k rule takes on a block whose rows hold counts [B] masks, given the
     schedule [B, steps]: until every row is filled (a step transfers exactly its count)."""

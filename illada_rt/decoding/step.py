@@ -40,8 +40,9 @@ def fill_after_stop(answer: torch.Tensor, upto: int, stop_ids: torch.Tensor, fin
 
 
 def answer_lengths(answer: torch.Tensor, stop_token_ids: Sequence[int]) -> torch.Tensor:
-    """[B] number of answer tokens before the first stop token (the whole answer if none)."""
-    if not stop_token_ids:
+    """[B] number of answer tokens before the first stop token (the whole answer if none). An
+    answer [B, 0] (the part of one before its first token, when that token is a stop) has length 0."""
+    if not stop_token_ids or answer.shape[1] == 0:
         return torch.full((answer.shape[0],), answer.shape[1], dtype=torch.int64)
     hit = torch.isin(answer, torch.tensor(list(stop_token_ids), dtype=torch.int64, device=answer.device))
     first = torch.where(hit.any(1), hit.to(torch.int8).argmax(1), torch.tensor(answer.shape[1], device=answer.device))

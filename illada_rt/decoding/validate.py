@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import numbers
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -83,11 +84,37 @@ def check_schedule(prompt_len: int, gen_length: int, block_length: int, steps: i
 
 
 def check_sampling(temperature, cfg_scale, remasking, threshold):
-    if not 0 <= temperature < math.inf:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0 <= cfg_scale < math.inf:
-        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
-    if remasking not in REMASKING:
+    for name, value in (("temperature", temperature), ("cfg_scale", cfg_scale)):
+        if not is_real(value) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(remasking, str) or remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    if threshold is not None and (not is_real(threshold) or not 0.0 < threshold <= 1.0):
+        raise ValueError(f"threshold must be None or a number in (0, 1], got {threshold!r}")
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool argument: "no", 0 or None would otherwise read as a choice they do not make."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def is_real(value) -> bool:
+    """A real number (int, float, numpy scalar), not a bool nor a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def as_token_ids(value, name: str) -> List[int]:
+    """A sequence of token ids (a list, tuple or 1-D integer tensor) as a list of ints; a string, a
+    single number or a float is refused, never read digit by digit or rounded."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"{name} must be a 1-D integer tensor, got {tuple(value.shape)} {value.dtype}")
+        return [int(t) for t in value.tolist()]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of token ids, got {value!r:.60}")
+    bad = [t for t in value if not isinstance(t, numbers.Integral) or isinstance(t, bool)]
+    if bad:
+        raise ValueError(f"{name} must hold integer token ids, got {bad[0]!r:.60}")
+    return [int(t) for t in value]

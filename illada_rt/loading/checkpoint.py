@@ -34,7 +34,7 @@ class Checkpoint:
         model_dir = os.fspath(model_dir)
         raw, path = read_config_json(model_dir)
         cfg = ModelConfig.from_dict(raw, source=path)
-        method = foreign_method(raw)
+        method = foreign_method(raw, path)
         if method is not None and method != "gptq":
             raise CheckpointError(f"{path}: quantization_config (quant_method {method!r}) is another library's "
                                   "format; illada_rt reads its own quantized checkpoints (illada-rt convert) and 4-bit "
@@ -43,12 +43,15 @@ class Checkpoint:
         return cls(model_dir, path, raw, cfg, stored, method)
 
 
-def foreign_method(raw: dict) -> Optional[str]:
+def foreign_method(raw: dict, source: str = "config.json") -> Optional[str]:
     """quant_method of another library's quantization_config ("gptq", ...) in config.json's `raw`,
     None without one."""
     if "quantization_config" not in raw or "quantization" in raw:
         return None
-    return str((raw["quantization_config"] or {}).get("quant_method", "unknown"))
+    section = raw["quantization_config"] or {}
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{source}: quantization_config must be an object, got {section!r:.60}")
+    return str(section.get("quant_method", "unknown"))
 
 
 def spec_from_section(raw, source: str) -> QuantSpec:

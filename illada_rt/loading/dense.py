@@ -7,6 +7,7 @@ import torch
 
 from ..config import ModelConfig, expected_shapes
 from ..model.shard import ModelShard
+from ..quant.spec import HEAD
 from .errors import CheckpointError
 from .safetensors import TensorReader
 
@@ -20,11 +21,19 @@ def iter_weights(model_dir: str, cfg: ModelConfig, dtype: Optional[torch.dtype],
     file, checked against cfg: every tensor present, no biases, the shapes config.json implies.
     shard: a tensor-parallel rank's slices only (model/shard.py), read as slices from the files."""
     reader = TensorReader(model_dir)
+    reader.check_layers(cfg.n_layers)       # before expected_shapes: n_layers then has the files' backing
     shapes = expected_shapes(cfg)
     reader.require(shapes)
     biases = [n for n in reader.files if n.endswith(".bias")]
     if biases:
         raise CheckpointError(f"{reader.files[biases[0]]}: tensor {biases[0]} is a bias; LLaDA blocks have none")
+    extra = [n for n in reader.files if n not in shapes]
+    if extra:
+        why = " (config.json says weight_tying: the head is the embedding)" if extra[0] == HEAD and cfg.weight_tying \
+            else ""
+        raise CheckpointError(f"{reader.files[extra[0]]}: tensor {extra[0]} is not part of the model config.json "
+                              f"describes{why}")
+    reader.check_shapes(shapes)             # every shape from the headers, before the first tensor is read
     by_file: Dict[str, List[str]] = {}
     for name in shapes:
         by_file.setdefault(reader.files[name], []).append(name)

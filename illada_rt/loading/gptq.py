@@ -77,9 +77,11 @@ def iter_gptq(model_dir: str, cfg: ModelConfig, spec: QuantSpec, zero_offset: in
               device: torch.device, progress=None) -> Iterator[Tuple[str, Union[torch.Tensor, QuantizedWeight]]]:
     """(public name, dense tensor in `dtype` or int4 QuantizedWeight) on `device` for a GPTQ checkpoint."""
     reader = TensorReader(model_dir, "the GPTQ checkpoint")
+    reader.check_layers(cfg.n_layers)
     files, read = reader.files, reader.read
     quantized = quantized_shapes(cfg, spec)
     dense = {n: s for n, s in expected_shapes(cfg).items() if n not in quantized}
+    reader.check_shapes(dense)     # the packed parts' shapes are checked as each is unpacked (from_gptq)
     total = len(dense) + len(quantized)
     for done, (name, shape) in enumerate(dense.items(), 1):
         yield name, read(name, shape).to(device=device, dtype=dtype)

@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .gptq import gptq_spec, iter_gptq
 from .quantize_at_load import quantize_stream
 from .quantized import iter_quantized
+from .safetensors import check_stored_layers
 
 Named = Iterable[Tuple[str, Union[torch.Tensor, QuantizedWeight]]]
 
@@ -40,6 +41,7 @@ def named_tensors(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, pr
     are read as slices; quantizing at load and GPTQ need whole rows and groups, so each tensor is
     converted whole and then sliced (one tensor at a time, the codes a single process holds)."""
     model_dir, cfg = ckpt.model_dir, ckpt.cfg
+    check_stored_layers(model_dir, cfg.n_layers)   # first: everything below is sized by cfg
     if ckpt.foreign_method == "gptq":
         spec, zero_offset = gptq_spec(ckpt.raw, ckpt.config_path, cfg)
         if quantization not in (None, "int4"):

@@ -35,6 +35,7 @@ def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: tor
     model needs; CheckpointError naming the file and tensor where the files disagree with `spec`.
     shard: a tensor-parallel rank's slices only, read as slices from the files."""
     reader = TensorReader(model_dir, f"the {spec.format} quantized checkpoint")
+    reader.check_layers(cfg.n_layers)
     files = reader.files
     quantized = quantized_shapes(cfg, spec)
     dense = {n: s for n, s in expected_shapes(cfg).items() if n not in quantized}
@@ -48,6 +49,9 @@ def iter_quantized(model_dir: str, cfg: ModelConfig, spec: QuantSpec, dtype: tor
         if name in files:
             raise CheckpointError(f"{files[name]}: tensor {name} is dense, but config.json says it is "
                                   f"quantized to {spec.format}")
+    reader.check_shapes({**dense, **{part_name(n, p): shape for n, (rows, cols) in quantized.items()
+                                     for p, (shape, _) in stored_parts(spec.format, rows, cols, spec.group_size,
+                                                                       spec.zeros).items()}})
     total, done = len(dense) + len(quantized), 0
     for name, shape in dense.items():
         index = None if shard is None else shard.index(name)

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint
 from .dense import iter_weights
 from .quantize_at_load import quantize_stream
 from .quantized import part_name
-from .safetensors import INDEX_FILE, SINGLE_FILE
+from .safetensors import INDEX_FILE, SINGLE_FILE, check_stored_layers
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -72,6 +72,7 @@ def quantize(model_dir: Union[str, os.PathLike], out_dir: Union[str, os.PathLike
     cfg = ckpt.cfg
     if ckpt.quantization is not None or ckpt.foreign_method is not None:
         raise ValueError(f"{model_dir} is already quantized; quantize its unquantized source instead")
+    check_stored_layers(model_dir, cfg.n_layers)
     spec = QuantSpec(format, group_size, bool(zero_point), bool(quantize_head))
     check_spec(cfg, spec, torch.device("cpu"))
     if max_shard_bytes <= 0:

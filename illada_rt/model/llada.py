@@ -34,9 +34,9 @@ class LLaDAModel:
         self.dtype, self.device = wte.dtype, wte.device
         # the op implementations (compiled or torch twin, per family); None: $ILLADA_KERNELS or "auto"
         self.kernels = select_kernels(None, self.device) if kernels is None else kernels
-        # [max_sequence_length, head_dim / 2] float32 each, beside the weights
-        self.rope_cos, self.rope_sin = (t.to(self.device) for t in
-                                        ops.rope_table(cfg.head_dim, cfg.max_sequence_length, cfg.rope_theta))
+        # RoPE cos/sin [positions, head_dim / 2] float32 each: empty until a forward needs positions,
+        # then grown to the longest sequence run (ensure_positions), never max_sequence_length up front
+        self.rope_cos = self.rope_sin = torch.empty(0, cfg.head_dim // 2, dtype=torch.float32, device=self.device)
 
     @classmethod
     def from_weights(cls, cfg: ModelConfig, named: Named, kernels: Optional[Kernels] = None,
@@ -45,6 +45,24 @@ class LLaDAModel:
         loading.load_model builds the pairs from a checkpoint directory (with a shard: the rank's slices)."""
         wte, layers, ln_f, head = pack_weights(cfg, named)
         return cls(cfg, wte, layers, ln_f, head, kernels, shard)
+
+    def ensure_positions(self, length: int) -> None:
+        """Grow the RoPE tables to cover positions [0, length): to at least twice their rows, so a
+        run of growing requests rebuilds them O(log L) times, and at most max_sequence_length.
+        New tensors replace the old ones, so a CUDA graph must not capture a growth (its replays
+        would read the tables it captured): the graph runner calls this before capturing, and
+        keeps the tables a graph captured alive with it (decoding/graph/capture.py)."""
+        have = self.rope_cos.shape[0]
+        if length <= have:
+            return
+        cfg = self.cfg
+        if length > cfg.max_sequence_length:
+            raise ValueError(f"{length} positions exceed max_sequence_length {cfg.max_sequence_length}")
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"the RoPE tables ({have} positions) must grow to {length} during a CUDA graph "
+                               "capture; call ensure_positions before capturing")
+        rows = min(max(length, 2 * have), cfg.max_sequence_length)
+        self.rope_cos, self.rope_sin = (t.to(self.device) for t in ops.rope_table(cfg.head_dim, rows, cfg.rope_theta))
 
     def _block(self, w: LayerWeights, x: torch.Tensor, h: torch.Tensor, key_mask: Optional[torch.Tensor],
                rows: RowSelect, pos0: int = 0, kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
@@ -108,6 +126,7 @@ class LLaDAModel:
         slice of the canvas (see _block), without one they are the whole canvas.
         """
         cfg, kern = self.cfg, self.kernels
+        self.ensure_positions(pos0 + tokens.shape[1])            # RoPE rows for positions [pos0, pos0 + Lx)
         x = self._embed(tokens)                                  # [B, Lx, d] residual stream
         h = rmsnorm_into(kern, self.layers[0].wqkv, x, self.layers[0].attn_norm, cfg.rms_norm_eps)
         last = len(self.layers) - 1

@@ -120,6 +120,8 @@ class CapturedStep:
     def __init__(self, state: StepState, graph: "torch.cuda.CUDAGraph", conditional: bool,
                  why_plain: Optional[str] = None):
         self.state, self.graph, self.conditional = state, graph, conditional
+        # the RoPE tables the graph reads: a later growth replaces the model's, never these
+        self.rope_tables = (state.model.rope_cos, state.model.rope_sin)
         self.why_plain = None if conditional else (why_plain or "unknown")
 
     @property
@@ -178,6 +180,7 @@ class StepGraphs:
             return step
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        self.model.ensure_positions(plan.canvas.shape[1])   # the RoPE tables never grow inside a capture
         st = StepState.for_plan(self.model, plan)
         st.load(plan)  # the warm-up runs real steps: give it real inputs
         graph, conditional = None, self.conditional
