@@ -214,8 +214,6 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "illada-rt: interrupted\n"
 
 
-@pytest.mark.xfail(strict=True, reason="illada_rt/__init__.py imports torch and the engine eagerly, before "
-                                       "cli.main can catch anything (handed over: a lazy package __init__)")
 def test_ctrl_c_while_importing_exits_130_with_one_line():
     """SIGINT while torch is being imported, as a Ctrl-C right after typing the command."""
     code = ("import builtins, os, signal, sys\n"
