@@ -23,7 +23,9 @@ import torch.distributed as dist
 from .config import ModelConfig
 from .decoding import likelihood, validate
 from .decoding.infill import InfillOutput, plan_infill
-from .decoding.plan import GenerationPlan, plan_generation, resolve_seed
+from .decoding.loop import Progress
+from .decoding.plan import DenoiseSettings, GenerationPlan, plan_generation, resolve_seed
+from .decoding.row_step import RowState, step_rows
 from .decoding.runner import Runner
 from .decoding.step import answer_lengths
 from .device import resolve_device
@@ -203,6 +205,20 @@ class Engine:
         """Check generate()'s arguments (`options`) and lay out the canvas [B, P + gen_length] on
         the device: the plan that generate, stream and the serving scheduler run (decoding/plan.py)."""
         return plan_generation(self.cfg, self.device, input_ids, attention_mask, **options)
+
+    # ------------------------------------------------------------------ serving's steps
+
+    @mirrored_stream
+    def denoise_steps(self, plan: GenerationPlan) -> Iterator[Progress]:
+        """The eager loop's progress over a plan (decoding/loop.py), filling plan.canvas in place:
+        what serving runs for KV-cache cohorts and infills, step by step."""
+        return self.runner.steps(plan.to(self.device))
+
+    @mirrored
+    def step_rows(self, rows: List[RowState], settings: DenoiseSettings) -> List[int]:
+        """One step over rows that each denoise their own block (decoding/row_step.py): the serving
+        row batcher's step. Returns the masks left in each row's block."""
+        return step_rows(self.model, [r.on(self.device) for r in rows], settings)
 
     @mirrored
     def infill(self, input_ids, attention_mask=None, steps: Optional[int] = None, block_length: Optional[int] = None,

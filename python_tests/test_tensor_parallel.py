@@ -195,3 +195,28 @@ def _alive(pid):
         return False
     with open(f"/proc/{pid}/stat") as f:                                   # a zombie is gone too
         return f.read().split()[2] != "Z"
+
+
+def test_serving_a_two_rank_engine(pair):
+    """AsyncEngine over the two-rank engine: batched rows, a KV-cache cohort and an infill each get
+    what one process gives alone (every rank runs the row batcher's step and the cohort's loop)."""
+    import asyncio
+
+    from illada_rt.serving import AsyncEngine
+
+    one, two = pair
+    prompts = [random_prompt(one.cfg, 1, 3 + i, seed=10 + i)[0] for i in range(4)]
+    options = [dict(KW, seed=1), dict(KW, seed=2, temperature=0.8), dict(KW, seed=3), dict(KW, seed=4, cache="dual")]
+    holes = random_prompt(one.cfg, 1, 7, seed=20)[0]
+    holes[[1, 4]] = one.cfg.mask_token_id
+
+    async def run():
+        async with AsyncEngine(two, max_batch_size=3) as aeng:
+            outs = await asyncio.gather(*[aeng.generate(p, **o) for p, o in zip(prompts, options)])
+            filled = await aeng.infill(holes)
+        return outs, filled
+
+    outs, filled = asyncio.run(run())
+    for p, o, out in zip(prompts, options, outs):
+        assert out.tokens == one.generate(p[None], **o).answers[0].tolist()
+    assert filled.tokens == one.infill(holes[None]).sequences[0].tolist()

@@ -10,7 +10,7 @@ nothing else (its tensors on the device).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -64,6 +64,16 @@ class GenerationPlan:
     @property
     def is_infill(self) -> bool:
         return any(b.owns is not None for b in self.blocks)
+
+    def to(self, device: torch.device) -> "GenerationPlan":
+        """This plan with its tensors on device (itself where they are there already: a run then
+        fills this plan's canvas)."""
+        if self.canvas.device == torch.device(device):
+            return self
+        move = on_device(device)
+        return replace(self, canvas=move(self.canvas), key_mask=move(self.key_mask), seeds=move(self.seeds),
+                       row_offset=move(self.row_offset),
+                       blocks=[Block(lo, hi, move(owns)) for lo, hi, owns in self.blocks])
 
 
 def answer_blocks(prompt_len: int, gen_length: int, block_length: int) -> List[Block]:

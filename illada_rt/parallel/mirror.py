@@ -17,8 +17,11 @@ leader's call raises, never hangs.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 import threading
+import traceback
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
@@ -32,9 +35,15 @@ class RankFailure(RuntimeError):
 
 
 def _to_cpu(value):
-    """Tensors (at any depth of lists, tuples, dicts) on the CPU, for pickling to other ranks."""
+    """Tensors (at any depth of lists, tuples, named tuples, dicts and dataclasses) on the CPU, for
+    pickling to other ranks."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _to_cpu(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, tuple) and hasattr(value, "_fields"):       # a NamedTuple
+        return type(value)(*(_to_cpu(v) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(_to_cpu(v) for v in value)
     if isinstance(value, dict):
@@ -131,13 +140,14 @@ def follow(engine, mirror: Mirror) -> None:
             try:
                 getattr(engine, name)(*args, **kwargs)
             except Exception:
-                pass
+                _report(mirror, name)
             message = mirror.receive()
         elif kind == "iter":
             _, name, args, kwargs = message
             try:
                 it = getattr(engine, name)(*args, **kwargs)
             except Exception:
+                _report(mirror, name)
                 it = iter(())
             message = mirror.receive()
             while message[0] == "next":
@@ -147,7 +157,7 @@ def follow(engine, mirror: Mirror) -> None:
                     message = mirror.receive()
                     break
                 except Exception:
-                    pass
+                    _report(mirror, name)
                 message = mirror.receive()
             if hasattr(it, "close"):
                 it.close()
@@ -155,6 +165,13 @@ def follow(engine, mirror: Mirror) -> None:
                 message = mirror.receive()
         else:       # a "stop" or "next" with nothing open: nothing to do
             message = mirror.receive()
+
+
+def _report(mirror: Mirror, name: str) -> None:
+    """A follower's failure, on its stderr: where the leader fails too (bad arguments) it says the
+    same; where the leader does not, it waits at its next collective until the group's timeout."""
+    print(f"illada-rt rank {mirror.group.rank}: {name} raised\n{traceback.format_exc()}", file=sys.stderr,
+          flush=True)
 
 
 def _announced(method, announce):

@@ -49,7 +49,7 @@ def run_cohort(engine: ServingEngine, requests: List[CohortRequest]) -> List[Res
     decoders = [engine.text.answer_decoder(r.stops) for r in requests]   # texts end at each one's own stops
     results: List[Optional[Result]] = [None] * n
     emitted = [0] * n
-    progress = engine.runner.steps(plan)
+    progress = engine.denoise_steps(plan)
     for event in progress:
         _check_alive(requests, results)
         if all(res is not None for res in results):

@@ -1,12 +1,8 @@
 """Continuous batching of generation requests: each row denoises its own block.
 
-Rows of one device batch may differ in prompt length, answer length, block length, steps
-and seed, and each may be at a different block. A step left-pads the rows' canvases to a
-common width, runs one forward over them, gathers every row's own block rows, and runs
-the remask kernel on those [rows, widest block] gathers. RoPE scores depend only on
-position differences and padding is masked out of the keys, so a row computes what it
-would compute alone (up to float rounding); the remask RNG counters are the row's own
-(its forward index and its unpadded token positions), so it also draws the same noise.
+A Row is a request's progress (its canvas, its block, its step in the block, its schedule); the
+RowBatcher steps a changing set of them, each on its own block, in one device batch: the step
+is decoding/row_step.py's (see there why a row computes what it would alone).
 """
 from __future__ import annotations
 
@@ -14,12 +10,10 @@ from typing import List
 
 import torch
 
-from .. import ops
-from ..decoding.padding import left_pad, pad_id
+from ..decoding.row_step import RowState
 from ..decoding.schedule import num_transfer_tokens, scheduled_steps
-from ..decoding.step import StepRule, fill_after_stop
-from ..model import LLaDAModel
-from ..model.linear import linear
+from ..decoding.step import fill_after_stop
+from .protocol import ServingEngine
 from .requests import RowRequest
 
 
@@ -85,65 +79,21 @@ class Row:
 
 
 class RowBatcher:
-    """Runs denoising steps over a changing set of Rows on one model."""
+    """Runs denoising steps over a changing set of Rows on one engine (the step itself:
+    decoding/row_step.py, through the engine, so that every tensor-parallel rank runs it)."""
 
-    def __init__(self, model: LLaDAModel):
-        self.model = model
-        cfg = model.cfg
-        self.mask_id = cfg.mask_token_id
-        self.pad_id = pad_id(cfg)                              # left padding (masked from keys)
-        self.hide_id = self.pad_id                             # fills gathered columns past a row's block
+    def __init__(self, engine: ServingEngine):
+        self.engine = engine
         self.forwards = 0
 
     def step(self, rows: List[Row]) -> List[int]:
         """One denoising step for every row (each on its current block). Returns masks left [rows]."""
-        model, dev = self.model, self.model.device
-        n = len(rows)
-        tokens, key_mask = left_pad([r.canvas for r in rows], self.pad_id, dev)        # [n, W] left-padded
-        width = tokens.shape[1]
-        pads = [width - r.length for r in rows]
-        key_mask = key_mask if any(pads) else None
-        los = [pads[b] + r.span[0] for b, r in enumerate(rows)]                       # block starts in the batch
-        lens = [r.span[1] - r.span[0] for r in rows]
-        lo_all, hi_all = min(los), max(lo + ln for lo, ln in zip(los, lens))
-        rule = StepRule.of(model, rows[0].request.settings)       # the rows share their sampling settings
-        widest = max(lens)
-        # idx[b, j]: row b's j-th block row inside [lo_all, hi_all); columns past its block repeat its last row
-        cols = torch.arange(widest, device=dev)[None, :]
-        start = torch.tensor([lo - lo_all for lo in los], device=dev)[:, None]
-        last = torch.tensor([ln - 1 for ln in lens], device=dev)[:, None]
-        idx = (start + torch.minimum(cols, last))[..., None]                               # [n, widest, 1]
-        prompt_index = None
-        if rule.cfg:
-            prompt_index = torch.zeros(n, width, dtype=torch.bool, device=dev)
-            for b, r in enumerate(rows):
-                prompt_index[b, pads[b]:] = r.prompt_index
-        inputs = rule.model_input(tokens, prompt_index)                                     # [n or 2n, W]
-        if key_mask is not None and inputs is not tokens:
-            key_mask = key_mask.repeat(2, 1)                                                 # the CFG pair's
-        # the final norm's rows of every row's span, then each row's own block rows through the
-        # LM head: the head (E outputs a row) sees n * widest rows, not n * (hi_all - lo_all)
-        hidden = model.hidden(inputs, key_mask, slice(lo_all, hi_all))                    # [n or 2n, R, d]
-        idx = idx.repeat(inputs.shape[0] // n, 1, 1)
-        logits = linear(model.kernels, torch.take_along_dim(hidden, idx, dim=1), model.head)   # [n or 2n, widest, E]
+        s = rows[0].request.settings                          # the rows share their sampling settings
+        states = [RowState(r.canvas, r.prompt_index, *r.span, r.schedule[r.step_in_block] if s.threshold is None
+                           else 0, r.nfe, r.request.seed) for r in rows]
+        masks_left = self.engine.step_rows(states, s)
         self.forwards += 1
-        block = torch.full((n, widest), self.hide_id, dtype=torch.int64, device=dev)      # [n, widest]
-        for b, r in enumerate(rows):
-            lo, hi = r.span
-            block[b, :hi - lo] = r.canvas[lo:hi]
-        as_tensor = (lambda v: torch.tensor(v, dtype=torch.int64, device=dev))
-        masks_left = torch.empty(n, dtype=torch.int64, device=dev)
-        k = None if rule.settings.threshold is not None else as_tensor([r.schedule[r.step_in_block] for r in rows])
-        workspace = ops.remask_workspace(n, widest, dev)      # word 0: the non-finite flag
-        # block_start 0 on the gathered block: row b's token j sits at its own position lo_b + j,
-        # which row_offset = -lo_b restores for the RNG counters
-        rule.transfer(logits, block, 0, seeds=as_tensor([r.request.seed for r in rows]),
-                      row_offset=as_tensor([-r.span[0] for r in rows]), step=as_tensor([r.nfe for r in rows]),
-                      k=k, masks_left=masks_left, workspace=workspace)
-        rule.check_finite(workspace, "in a serving step")
-        for b, r in enumerate(rows):
-            lo, hi = r.span
-            r.canvas[lo:hi] = block[b, :hi - lo]
+        for r in rows:
             r.nfe += 1
             r.step_in_block += 1
-        return masks_left.tolist()
+        return masks_left

@@ -34,7 +34,7 @@ class Scheduler:
             raise ValueError(f"max_batch_size ({max_batch_size}) and max_queue ({max_queue}) must be at least 1")
         self.engine = engine
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
-        self.batcher = RowBatcher(engine.model)
+        self.batcher = RowBatcher(engine)
         self.metrics = Metrics(engine.device)
         self._queue: Deque[Request] = collections.deque()
         self._rows: List[Row] = []
