@@ -253,8 +253,8 @@ async def _until(condition, seconds=20.0):
 def test_queue_full_is_429_and_timeout_is_504(engine, monkeypatch):
     """A blocked infill holds the scheduler; one request waits (the queue holds 1), the next is refused."""
     gate = threading.Event()
-    real_infill = engine.infill
-    monkeypatch.setattr(engine, "infill", lambda *a, **k: (gate.wait(30), real_infill(*a, **k))[1])
+    real_logits = engine.model.logits      # the infill's forward (the row batch uses model.hidden)
+    monkeypatch.setattr(engine.model, "logits", lambda *a, **k: (gate.wait(30), real_logits(*a, **k))[1])
     aeng = AsyncEngine(engine, max_batch_size=1, max_queue=1)
     app = create_app(aeng, "tiny")
 
@@ -278,7 +278,8 @@ def test_queue_full_is_429_and_timeout_is_504(engine, monkeypatch):
         gate.set()
         asyncio.run(aeng.shutdown())
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "queue_full"
-    assert streamed.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert streamed.status_code == 429 and streamed.headers["retry-after"] == "1"
     assert waited.status_code == 504 and "timed out" in waited.json()["error"]["message"]
     assert blocked.status_code == 200 and after.status_code == 200
     assert aeng.stats()["requests_rejected"] == 2
@@ -297,9 +298,10 @@ def test_health_models_metrics_and_shutdown(engine):
                      "illada_batch_size_bucket", "illada_requests_rejected_total"):
             assert name in r.text
     after = TestClient(app)                     # the lifespan ended: the engine is shut down
-    assert after.get("/health").status_code == 503
-    status, body = post(after, prompt="w1", **KW)
-    assert status == 503 and body["error"]["type"] == "unavailable"
+    health = after.get("/health")
+    assert health.status_code == 503 and health.headers["retry-after"] == "1"
+    r = after.post("/v1/completions", json={"prompt": "w1", **KW})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable" and r.headers["retry-after"] == "1"
 
 
 def test_a_timeout_after_the_first_piece_ends_the_stream_with_an_error_event(engine):

@@ -115,6 +115,56 @@ def test_serve_answers_and_stops_cleanly_on_a_signal(text_dir, sig):
     assert f"server stopped ({sig.name})" in err and "Traceback" not in err
 
 
+def test_serve_cuts_off_stalled_clients_and_caps_connections(text_dir):
+    """Raw sockets against `illada-rt serve`: half a request is answered 408 and closed at the
+    header deadline, connections beyond --max-connections get 503, /health stays fast."""
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(serve_command() + ["--model", text_dir, "--port", str(port), "--log-level", "warning",
+                                               "--header-timeout", "1", "--body-timeout", "1",
+                                               "--keep-alive-timeout", "1", "--max-connections", "6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def until_closed(sock: socket.socket) -> bytes:
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        return data
+    try:
+        wait_for(healthy, 120)
+        stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        for s in stalled:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n")
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as extra:
+            refused = until_closed(extra)
+        t0 = time.monotonic()
+        answers = [until_closed(s) for s in stalled]
+        waited = time.monotonic() - t0
+        for s in stalled:
+            s.close()
+        t0 = time.monotonic()
+        assert httpx.get(url + "/health", timeout=5).status_code == 200 and time.monotonic() - t0 < 1.0
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in refused.lower()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers) and waited < 2.5, (answers, waited)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
     from illada_rt import cli
     monkeypatch.setitem(sys.modules, "starlette", None)     # import starlette now raises ImportError

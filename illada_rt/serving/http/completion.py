@@ -1,10 +1,12 @@
 """An answer's tokens -> the completion a client sees, whole or as stream deltas.
 
 The completion is the answer cut at the first stop token, at max_tokens tokens, and its
-text cut before the first stop string. Streaming sends the same text in pieces: a piece
-goes out only once it can no longer change (a finished block's tokens are final, but a
-trailing incomplete UTF-8 character or the start of a stop string may still change), so
-the pieces always add up to the non-streamed text.
+text cut before the first stop string; a stop string cuts the token ids too, to the tokens
+whose text lies wholly before it, so token_ids and usage always count the text's tokens.
+Streaming sends the same text in pieces: a piece goes out only once it can no longer change
+(a finished block's tokens are final, but a trailing incomplete UTF-8 character or the
+start of a stop string may still change), with the tokens that piece's text covers, so the
+pieces always add up to the non-streamed text and token ids.
 """
 from __future__ import annotations
 
@@ -43,8 +45,22 @@ class CompletionText:
         text = "" if self.codec is None else self.codec.decode(ids)
         ends = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if ends:
-            return Completion(text[:min(ends)], ids, "stop")
+            end = min(ends)
+            return Completion(text[:end], ids[:self.tokens_within(ids, text, end)], "stop")
         return Completion(text, ids, reason)
+
+    def tokens_within(self, ids: List[int], text: str, chars: int) -> int:
+        """How many leading tokens of ids (whose text is `text`) decode to at most `chars` characters."""
+        if self.codec is None or len(text) <= chars:
+            return len(ids)
+        lo, hi = 0, len(ids) - 1          # decode(ids[:lo]) fits, decode(ids[:hi + 1]) does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if len(self.codec.decode(ids[:mid])) <= chars:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 class DeltaStream:
@@ -68,8 +84,11 @@ class DeltaStream:
             text = text[:max(len(text) - hold, len(self.text))] if hold else text
         if not text.startswith(self.text):
             text = self.text          # a decoder that rewrote earlier text: wait for more tokens
-        delta = Completion(text[len(self.text):], c.token_ids[self.tokens:], c.finish_reason)
+        ids = c.token_ids
+        if c.finish_reason is None:   # the tokens of the text sent so far, no more
+            ids = ids[:max(self.cutter.tokens_within(ids, c.text, len(text)), self.tokens)]
+        delta = Completion(text[len(self.text):], ids[self.tokens:], c.finish_reason)
         self.text = text
-        self.tokens = len(c.token_ids)
+        self.tokens = len(ids)
         self.finish_reason = c.finish_reason
         return delta

@@ -11,8 +11,13 @@ from .schema import UnknownModelError
 log = logging.getLogger("illada_rt.serve")
 
 
+MAX_MESSAGE = 1000   # characters of an error message sent back (one may quote a whole prompt)
+
+
 def error_body(message: str, kind: str, code=None) -> dict:
     """OpenAI's error shape: {"error": {"message", "type", "code"}}."""
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 3] + "..."
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
@@ -33,8 +38,16 @@ def error_status(exc: BaseException):
     return 500, "internal_error"
 
 
+RETRY_AFTER = "1"   # seconds: 429 (queue full) and 503 (stopping, too many connections) say when to retry
+
+
+def retry_headers(status: int) -> dict:
+    return {"Retry-After": RETRY_AFTER} if status in (429, 503) else {}
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     status, kind = error_status(exc)
     if status == 500:
         log.exception("request failed", exc_info=exc)
-    return JSONResponse(error_body(str(exc) or type(exc).__name__, kind, status), status_code=status)
+    return JSONResponse(error_body(str(exc) or type(exc).__name__, kind, status), status_code=status,
+                        headers=retry_headers(status))

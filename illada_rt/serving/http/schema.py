@@ -13,14 +13,23 @@ rounded up to a multiple of block_length (block_length defaults to min(32, the l
 and the answer is cut to max_tokens tokens. steps defaults to gen_length (one token per
 step). Without max_tokens and gen_length the answer is DEFAULT_GEN_LENGTH tokens.
 A list of prompts gives one choice per prompt; prompt i uses seed + i.
+
+Every cost a request's numbers tell is checked here against the server's limits
+(limits.py): the prompt count, gen_length, steps, and the answer tokens of all prompts.
+Strings must be valid Unicode (JSON allows lone UTF-16 surrogates; they are refused).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
+from .limits import RequestLimits
+
 DEFAULT_GEN_LENGTH = 64
 DEFAULT_BLOCK_LENGTH = 32
+MAX_CFG_SCALE = 100.0        # larger scales overflow the guided logits (float16 at ~1000)
+MAX_STOP_STRINGS = 16
+MAX_STOP_TOKEN_IDS = 64
 
 # OpenAI fields with no meaning here: refused unless they hold the neutral value.
 _NEUTRAL = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs": None, "suffix": None,
@@ -85,16 +94,43 @@ def _check_neutral(body: dict):
 
 
 def _token_list(value, name: str) -> List[int]:
-    if not value or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        raise ValueError(f"'{name}' token lists must be non-empty lists of integers")
+    if not isinstance(value, list) or not value or \
+            not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise ValueError(f"'{name}' token lists must be non-empty lists of integers, got {_short(value)}")
     return list(value)
 
 
-def completion_prompts(body: dict) -> List[Union[str, List[int]]]:
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_unicode(body):
+    """ValueError if any string of the parsed body (keys too) holds a lone UTF-16 surrogate,
+    which JSON's \\ud800 escapes allow but no tokenizer or UTF-8 answer can carry."""
+    todo = [body]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.keys())
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"the request holds a lone UTF-16 surrogate ({value[e.start]!a}); "
+                                 "strings must be valid Unicode") from None
+
+
+def completion_prompts(body: dict, limits: RequestLimits) -> List[Union[str, List[int]]]:
     """'prompt': a string, a list of strings, a list of token ids, or a list of such lists."""
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         return [prompt]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        limits.check("max_prompts_per_request", len(prompt), "the number of prompts")
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
             return list(prompt)
@@ -126,7 +162,8 @@ def chat_messages(body: dict) -> List[dict]:
     return out
 
 
-def generation_params(body: dict, prompts: List[Union[str, List[int]]], infill: bool = False) -> GenerationParams:
+def generation_params(body: dict, prompts: List[Union[str, List[int]]], limits: RequestLimits,
+                      infill: bool = False) -> GenerationParams:
     """The shared fields of both endpoints. `prompts` are already extracted."""
     _check_neutral(body)
     max_tokens = _int(body, "max_tokens", minimum=1)
@@ -148,11 +185,19 @@ def generation_params(body: dict, prompts: List[Union[str, List[int]]], infill: 
     if not infill:
         options.update(gen_length=gen_length, cfg_scale=_float(body, "cfg_scale", 0.0), cache=_str(body, "cache"),
                        stop_at_eos=_bool(body, "stop_at_eos"))
+        limits.check("max_gen_length", gen_length, "'gen_length'" if body.get("gen_length") is not None
+                     else f"'gen_length' (max_tokens {max_tokens} rounded up to whole blocks)" if max_tokens
+                     else "the default 'gen_length'")
         if options["steps"] is None:
             options["steps"] = gen_length
+        limits.check("max_request_tokens", gen_length * len(prompts), "the answer tokens of all prompts")
+        if not 0 <= options["cfg_scale"] <= MAX_CFG_SCALE:
+            raise ValueError(f"'cfg_scale' must lie in [0, {MAX_CFG_SCALE:g}], got {options['cfg_scale']}")
         stop_ids = body.get("stop_token_ids")
         if stop_ids is not None:
-            options["stop_token_ids"] = _token_list(stop_ids, "stop_token_ids") if stop_ids else []
+            options["stop_token_ids"] = _token_list(stop_ids, "stop_token_ids") if stop_ids != [] else []
+            if len(options["stop_token_ids"]) > MAX_STOP_TOKEN_IDS:
+                raise ValueError(f"'stop_token_ids' holds {len(stop_ids)} ids; at most {MAX_STOP_TOKEN_IDS}")
         if options["cache"] not in (None, "prefix", "dual"):
             raise ValueError(f"'cache' must be \"prefix\", \"dual\" or null, got {options['cache']!r}")
     else:
@@ -165,6 +210,11 @@ def generation_params(body: dict, prompts: List[Union[str, List[int]]], infill: 
         stops = []
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise ValueError("'stop' must be a non-empty string or a list of them")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ValueError(f"'stop' holds {len(stops)} strings; at most {MAX_STOP_STRINGS}")
+    if options["steps"] is not None:   # an infill without steps: one per mask, checked once they are counted
+        limits.check("max_steps", options["steps"], "'steps'" if body.get("steps") is not None
+                     else "'steps' (by default gen_length)")
     stream = _bool(body, "stream")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
@@ -178,7 +228,7 @@ def generation_params(body: dict, prompts: List[Union[str, List[int]]], infill: 
                             timeout)
 
 
-def completion_request(body: dict) -> GenerationParams:
+def completion_request(body: dict, limits: RequestLimits) -> GenerationParams:
     """/v1/completions: 'prompt', or 'infill' (a text with mask markers, filled in place)."""
     infill = body.get("infill")
     if infill is not None:
@@ -186,10 +236,12 @@ def completion_request(body: dict) -> GenerationParams:
             raise ValueError("'infill' must be a non-empty text with mask markers")
         if body.get("prompt") is not None:
             raise ValueError("give either 'prompt' or 'infill', not both")
-        params = generation_params(body, [infill], infill=True)
+        params = generation_params(body, [infill], limits, infill=True)
         params.infill, params.mask_marker = infill, _str(body, "mask_marker")
+        if params.mask_marker == "":
+            raise ValueError("'mask_marker' must be a non-empty string")
         return params
-    return generation_params(body, completion_prompts(body))
+    return generation_params(body, completion_prompts(body, limits), limits)
 
 
 class UnknownModelError(LookupError):
