@@ -14,6 +14,7 @@ sequences, stream events, infills and scores come back on the CPU, logits stay o
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
@@ -71,6 +72,10 @@ class Engine:
         # the other ranks (parallel/mirror.py) and owns the processes it started (followers)
         self.mirror, self._followers = mirror, followers
         self.closed = False
+        # on the leader, an engine left open is closed when it is collected or at exit: the ranks
+        # end together, never by a torn connection during the interpreter's shutdown
+        self._shut_down = None if mirror is None or not mirror.group.leader else \
+            weakref.finalize(self, _shut_down, mirror, followers)
         # CUDA: generate() replays one captured denoising step per shape (decoding/graph/); False: eager
         self.use_cuda_graphs = use_cuda_graphs
         self.runner = Runner(model, use_cuda_graphs)
@@ -123,10 +128,10 @@ class Engine:
         one started are joined) and the process group is left. Idempotent."""
         if self.closed:
             return
-        try:
-            if self.mirror is not None and self.mirror.group.leader:
-                self.mirror.close()
-        finally:
+        self.closed = True
+        if self._shut_down is not None:
+            self._shut_down()                  # at most once, whoever calls it first
+        elif self.mirror is not None:
             self._release()
 
     def _ranks_together(self, run: Callable):
@@ -136,14 +141,13 @@ class Engine:
             return run()
         except (RankFailure, dist.DistError) as e:
             self.mirror.closed = True          # the others cannot be told: they are gone or stuck
-            self._release()
+            self.close()
             raise RuntimeError(f"{e if isinstance(e, RankFailure) else f'tensor parallelism: {e}'}; "
                                "the engine is closed (load it again)") from e
 
     def _release(self) -> None:
+        """A follower's end (or a leader's without a finalizer): leave the process group."""
         self.closed = True
-        if self._followers is not None:
-            self._followers.stop()
         if self.mirror is not None:
             leave()
 
@@ -302,6 +306,19 @@ class Engine:
 
 
 __all__ = ["Engine", "GenerationOutput", "InfillOutput", "StreamEvent", "NoTokenizerError"]
+
+
+def _shut_down(mirror: Mirror, followers: Optional[Followers]) -> None:
+    """The leader's end of tensor parallelism: tell the other ranks (unless they cannot be told),
+    wait for the processes it started, leave the process group."""
+    try:
+        mirror.close()                         # no-op where the mirror is closed already
+    except Exception:
+        pass                                   # a dead rank: the followers are stopped below
+    finally:
+        if followers is not None:
+            followers.stop()
+        leave()
 
 
 def _tensor_parallel_follower(rank: int, world: int, parent_pid: int, init_method: str, opts: dict) -> None:

@@ -500,6 +500,7 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(engine, caplog):
     (["--graceful-timeout", "-1"], "--graceful-timeout"), (["--max-steps", "0"], "--max-steps"),
     (["--max-prompts-per-request", "0"], "--max-prompts-per-request"), (["--max-connections", "0"], "--max-connections"),
     (["--header-timeout", "nan"], "--header-timeout"), (["--body-timeout", "0"], "--body-timeout"),
+    (["--tensor-parallel", "0"], "--tensor-parallel"), (["--data-parallel", "0"], "--data-parallel"),
 ])
 def test_a_bad_serve_argument_is_one_line_and_status_2(capsys, argv, names):
     from illada_rt import cli

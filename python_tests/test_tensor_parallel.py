@@ -220,3 +220,16 @@ def test_serving_a_two_rank_engine(pair):
     for p, o, out in zip(prompts, options, outs):
         assert out.tokens == one.generate(p[None], **o).answers[0].tolist()
     assert filled.tokens == one.infill(holes[None]).sequences[0].tolist()
+
+
+def test_the_command_line_over_two_ranks(tmp_path):
+    """`illada-rt generate --tensor-parallel 2` prints what one process prints, and leaves no rank."""
+    from checkpoints import write_text_checkpoint
+
+    write_text_checkpoint(str(tmp_path))
+    argv = [sys.executable, "-m", "illada_rt.cli", "generate", "w1 w2 w3", "--model", str(tmp_path),
+            "--gen-length", "8", "--block-length", "8", "--no-live"]
+    one = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(argv + ["--tensor-parallel", "2"], capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    assert two.stdout == one.stdout and one.stdout.strip()

@@ -7,13 +7,14 @@ import sys
 import time
 
 from .live_view import LiveView, render_canvas
-from .options import generation_args, generation_kwargs, load_engine, model_args
+from .options import generation_args, generation_kwargs, load_engine, model_args, parallel_args
 
 
 def add_parsers(sub):
     g = sub.add_parser("generate", help="generate an answer to a text prompt")
     g.add_argument("prompt", help="prompt text ('-' reads it from standard input)")
     model_args(g)
+    parallel_args(g)
     generation_args(g)
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the checkpoint's chat template")
     g.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
@@ -21,11 +22,13 @@ def add_parsers(sub):
     g.set_defaults(run=generate)
     c = sub.add_parser("chat", help="talk to a checkpoint with a chat template (one line per turn)")
     model_args(c)
+    parallel_args(c)
     generation_args(c)
     c.set_defaults(run=chat)
     f = sub.add_parser("infill", help="fill the masked tokens of a text")
     f.add_argument("text", help="text with mask markers, one per token to fill ('-' reads standard input)")
     model_args(f)
+    parallel_args(f)
     f.add_argument("--mask-marker", default=None, help="marker string (default: the tokenizer's mask token)")
     f.add_argument("--steps", type=int, default=None, help="denoising steps (default: one per mask)")
     f.add_argument("--block-length", type=int, default=None, help="masks per block (default: all in one)")

@@ -23,6 +23,11 @@ def model_args(p: argparse.ArgumentParser):
     p.add_argument("--quantize-head", action="store_true", help="quantize the LM head too")
 
 
+def parallel_args(p: argparse.ArgumentParser):
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="ranks the model is sharded over (one process each; on CUDA cuda:0..N-1; default 1)")
+
+
 def generation_args(p: argparse.ArgumentParser):
     p.add_argument("--gen-length", type=int, default=64, help="answer tokens (default 64)")
     p.add_argument("--block-length", type=int, default=16, help="tokens per block (default 16)")
@@ -45,13 +50,17 @@ def generation_kwargs(args) -> dict:
 
 
 def load_engine(args) -> Engine:
-    """The Engine of model_args' options; a progress bar on a terminal."""
+    """The Engine of model_args' (and parallel_args') options; a progress bar on a terminal. Under
+    torchrun, the ranks other than 0 serve rank 0's engine inside this call and then exit 0."""
     def show(done, total):
         print(f"\rloading weights {done}/{total} [{'#' * (20 * done // total):<20}]", end="", file=sys.stderr)
         if done == total:
             print(file=sys.stderr)
 
-    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                  progress=show if sys.stderr.isatty() else None, quantization=args.quantization,
-                                  quantize_head=args.quantize_head, group_size=args.group_size,
-                                  kernels=args.kernels)
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                    progress=show if sys.stderr.isatty() else None, quantization=args.quantization,
+                                    quantize_head=args.quantize_head, group_size=args.group_size,
+                                    kernels=args.kernels, tensor_parallel=getattr(args, "tensor_parallel", 1))
+    if engine.closed:      # a torchrun rank other than 0: it served rank 0's calls, and rank 0 is done
+        raise SystemExit(0)
+    return engine

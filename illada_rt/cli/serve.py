@@ -8,7 +8,12 @@ stops it at once: running requests are answered 503, and the process exits with 
 signal's number (130 for Ctrl-C) without waiting for the engine (os._exit: the scheduler
 thread may be inside a compiled kernel, which must not see the interpreter finalize). Every
 bad argument is one line and status 2, before the model loads. Needs the optional extra
-`pip install "illada_rt[serve]"` (Starlette and uvicorn), imported only when the command runs.
+`pip install "illada_rt[serve]"` (Starlette, uvicorn, httpx), imported only when the command runs.
+
+--tensor-parallel N shards the engine over N ranks (parallel/); under torchrun, rank 0 serves
+HTTP and the other ranks follow it. --data-parallel M runs M such engines, each an `illada-rt
+serve` process of its own on a loopback port, behind a front end on --host/--port
+(serving/http/router.py, cli/data_parallel.py).
 """
 from __future__ import annotations
 
@@ -29,9 +34,10 @@ import torch
 from ..config import DEMO_MODEL_DIR
 from ..engine import Engine
 from ..serving import AsyncEngine
+from ..parallel.group import launched_by_torchrun
 from .options import KERNELS_HELP
 
-MISSING_EXTRA = 'the HTTP server needs Starlette and uvicorn: pip install "illada_rt[serve]"'
+MISSING_EXTRA = 'the HTTP server needs Starlette, uvicorn and httpx: pip install "illada_rt[serve]"'
 HARD_STOP_SECONDS = 1.0     # after a second signal: how long running requests get to be told, at most
 FDS_KEPT = 64               # file descriptors kept free of connections (model files, logs, the engine)
 MAX_CONNECTIONS = 1024
@@ -46,6 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help='"cpu" or "cuda[:N]"')
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--kernels", default=None, help=KERNELS_HELP)
+    p.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                   help="ranks each engine is sharded over (one process each; on CUDA one GPU each; default 1)")
+    p.add_argument("--data-parallel", type=int, default=1, metavar="M",
+                   help="engine replicas behind this one endpoint, each a process (and N GPUs) of its own; "
+                        "a request goes to the least-loaded one (default 1)")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per batched denoising step (default 16)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before 429 (default 256)")
     p.add_argument("--request-timeout", type=float, default=None,
@@ -77,6 +88,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _import_stack():
     try:
         importlib.import_module("starlette")
+        importlib.import_module("httpx")      # the data-parallel front end's client
         import uvicorn
     except ImportError:
         raise RuntimeError(MISSING_EXTRA) from None
@@ -90,7 +102,7 @@ def _check_args(args):
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in [0, 65535], got {args.port}")
-    for name in ("max_batch_size", "max_queue"):
+    for name in ("max_batch_size", "max_queue", "tensor_parallel", "data_parallel"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("request_timeout", "graceful_timeout"):
@@ -172,11 +184,15 @@ def run(args) -> int:
 
     limits, conns = _check_args(args)
     conns = dataclasses.replace(conns, max_connections=_fit_connections(args.max_connections))
+    if args.data_parallel > 1:
+        return _run_front_end(args, conns)
+    if args.tensor_parallel > 1 and launched_by_torchrun() and int(os.environ.get("RANK", "0")) > 0:
+        _load(args)           # a torchrun rank other than 0: serve rank 0's engine until it closes
+        return 0
+
     sock = listen_socket(args.host, args.port)   # a busy port or a bad host: one line, before the model loads
     try:
-        if args.device.startswith("cuda:") and args.device[5:].isdigit() and int(args.device[5:]) < torch.cuda.device_count():
-            torch.cuda.set_device(int(args.device[5:]))   # the kernels run on the current device (see device.py)
-        engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, kernels=args.kernels)
+        engine = _load(args)
         aeng = AsyncEngine(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                            request_timeout=args.request_timeout)
         name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
@@ -202,8 +218,47 @@ def run(args) -> int:
         sock.close()
     if hard_stop.status is not None:   # the loop ended before the hard stop's own exit
         _exit(hard_stop.status)
+    engine.close()                     # with --tensor-parallel: the other ranks end
     if not server.started:
         raise RuntimeError(f"the server could not start on {args.host}:{args.port} (see the log above)")
+    print("illada-rt: server stopped" + (f" ({signal.Signals(caught[0]).name})" if caught else ""),
+          file=sys.stderr, flush=True)
+    return 0
+
+
+def _load(args) -> Engine:
+    if args.device.startswith("cuda:") and args.device[5:].isdigit() and int(args.device[5:]) < torch.cuda.device_count():
+        torch.cuda.set_device(int(args.device[5:]))   # the kernels run on the current device (see device.py)
+    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, kernels=args.kernels,
+                                  tensor_parallel=args.tensor_parallel)
+
+
+def _run_front_end(args, conns) -> int:
+    """--data-parallel M: start M replica servers (cli/data_parallel.py), serve the router
+    (serving/http/router.py) on --host/--port until SIGINT/SIGTERM, then stop the replicas."""
+    from ..serving.http.router import create_router
+    from ..serving.http.server import listen_socket, make_server
+    from .data_parallel import start_replicas, stop_replicas
+
+    sock = listen_socket(args.host, args.port)   # a busy port: one line, before any replica starts
+    caught, previous = [], {}
+    try:
+        replicas = start_replicas(args)
+        try:
+            server = make_server(create_router(replicas), conns, log_level=args.log_level,
+                                 graceful_timeout=args.graceful_timeout)
+            print(f"illada-rt: serving {len(replicas)} replicas on http://{args.host}:{sock.getsockname()[1]}",
+                  file=sys.stderr, flush=True)
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    previous[sig] = signal.signal(sig, lambda s, frame: caught.append(s))
+            server.run(sockets=[sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            stop_replicas(replicas)
+    finally:
+        sock.close()
     print("illada-rt: server stopped" + (f" ({signal.Signals(caught[0]).name})" if caught else ""),
           file=sys.stderr, flush=True)
     return 0
