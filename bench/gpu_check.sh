@@ -22,14 +22,16 @@
 # shellcheck disable=SC2054  # comma lists are single arguments here (--batch 1,8,32)
 set -u -o pipefail
 
-# ------------------------------------------------------------------ which test files each phase runs
-# The only place that names them: change these when python_tests/ is reorganised.
-KERNEL_TESTS=(python_tests/test_cuda_attention.py python_tests/test_cuda_elementwise.py
-              python_tests/test_cuda_embedding.py python_tests/test_cuda_quant_kernels.py
-              python_tests/test_cuda_remask.py python_tests/test_cuda_rmsnorm.py)
-ENGINE_TESTS=(python_tests/test_cuda_engine.py)
-SERVING_TESTS=(python_tests/test_cuda_serving.py)
-REST_TESTS=(python_tests)   # full mode: this, less the files above
+# ------------------------------------------------------------------ which tests each phase runs
+# By folder and marker, never by file name: a GPU phase runs the tests marked GPU_MARK (pyproject.toml's
+# `cuda`) in its folders, one pytest process per test file the collect phase finds there; the rest of the
+# suite is every test without the marker. The only place that names them: change these when
+# python_tests/ is reorganised.
+GPU_MARK=cuda
+KERNEL_TESTS=(python_tests/ops)
+ENGINE_TESTS=(python_tests/decoding)
+SERVING_TESTS=(python_tests/serving)
+REST_TESTS=(python_tests)   # full mode: this, less the GPU_MARK tests (-m "not $GPU_MARK")
 GPU_TESTS=("${KERNEL_TESTS[@]}" "${ENGINE_TESTS[@]}" "${SERVING_TESTS[@]}")
 
 # ------------------------------------------------------------------ arguments and settings
@@ -210,6 +212,16 @@ pytest_phase() {
 
 wants() { [[ ",$BENCH," == *",$1,"* ]]; }
 
+# files_in FOLDER...: the test files the collect phase found GPU_MARK tests in, under each folder (one
+# pytest process each); a folder with none collected (no collect phase) is one target itself
+files_in() {
+  local d found
+  for d in "$@"; do
+    found="$(grep -o "^$d/[^:]*\.py" "$STATE/collected.txt" 2>/dev/null | sort -u)"
+    if [ -n "$found" ]; then echo "$found"; else echo "$d"; fi
+  done
+}
+
 # ------------------------------------------------------------------ 1. environment (setup.log)
 start=$SECONDS
 {
@@ -310,24 +322,27 @@ NO_DEVICE="$([ "$SEES_DEVICE" -eq 1 ] || echo "no build that sees the $DEVICE")"
 
 # The CUDA test files' tests, counted once: the test phases share the cores by these counts.
 if should_run "collect" "$(cap 60 60)" setup.log "$NO_DEVICE"; then
-  phase "collect" "$(cap 60 60)" setup.log "$PY" -m pytest --collect-only -q -p no:cacheprovider "${GPU_TESTS[@]}" \
-    >"$STATE/collected.txt"
-  for f in "${GPU_TESTS[@]}"; do echo "  $f: $(grep -c "^$f::" "$STATE/collected.txt") tests"; done | tee -a "$OUT_DIR/setup.log"
+  phase "collect" "$(cap 60 60)" setup.log "$PY" -m pytest --collect-only -q -p no:cacheprovider -m "$GPU_MARK" \
+    "${GPU_TESTS[@]}" >"$STATE/collected.txt"
+  for f in "${GPU_TESTS[@]}"; do echo "  $f: $(grep -c "^$f/" "$STATE/collected.txt") tests"; done | tee -a "$OUT_DIR/setup.log"
 fi
 
 # ------------------------------------------------------------------ 5.-8. the CUDA test files
 # every kernel family on the device against its reference; no --maxfail: one run lists every broken kernel
 C=$(cap 120 150)
+mapfile -t TARGETS < <(files_in "${KERNEL_TESTS[@]}")
 should_run "kernel tests" "$C" test_kernels.log "$NO_DEVICE" &&
-  pytest_phase "kernel tests" "$C" test_kernels.log 60 -rfEs -- "${KERNEL_TESTS[@]}"
+  pytest_phase "kernel tests" "$C" test_kernels.log 60 -rfEs -m "$GPU_MARK" -- "${TARGETS[@]}"
 # the engine: custom kernels against the reference (float32 token for token), bf16 agreement, graphs vs
 # eager; -rP keeps what passing tests print (the bf16 agreement lines)
 C=$(cap 120 150)
+mapfile -t TARGETS < <(files_in "${ENGINE_TESTS[@]}")
 should_run "engine tests" "$C" test_engine.log "$NO_DEVICE" &&
-  pytest_phase "engine tests" "$C" test_engine.log 120 -rfEsP -- "${ENGINE_TESTS[@]}"
+  pytest_phase "engine tests" "$C" test_engine.log 120 -rfEsP -m "$GPU_MARK" -- "${TARGETS[@]}"
 C=$(cap 90 90)
+mapfile -t TARGETS < <(files_in "${SERVING_TESTS[@]}")
 should_run "serving tests" "$C" test_serving.log "$NO_DEVICE" &&
-  pytest_phase "serving tests" "$C" test_serving.log 120 -rfEs -- "${SERVING_TESTS[@]}"
+  pytest_phase "serving tests" "$C" test_serving.log 120 -rfEs -m "$GPU_MARK" -- "${TARGETS[@]}"
 
 # load test: the HTTP server on the device; on a GPU a batched answer may round differently from the
 # same request alone (see test_cuda_serving.py), so 97% of the tokens must agree there, all on the CPU
@@ -401,9 +416,8 @@ should_run "bench_generate quantized" "$C" bench.log "$WHY_Q" &&
     --paths engine "${LEN1[@]}" "${BATCH_FEW[@]}" "${STEPS[@]}" --repeats 2 --time-budget "{time_budget}"
 
 # ------------------------------------------------------------------ 10. the rest of the suite (full mode)
-# on the CPU, so one process over the whole folder (less the files above), xdist over every core
-REST_ARGS=(-rfEs)
-for f in "${GPU_TESTS[@]}"; do REST_ARGS+=("--ignore=$f"); done
+# on the CPU, so one process over the whole folder (less the GPU_MARK tests), xdist over every core
+REST_ARGS=(-rfEs -m "not $GPU_MARK")
 C=$(cap - 120)
 should_run "rest of the suite" "$C" test_rest.log "$([ "$BUILT" -eq 1 ] || echo "no build")" &&
   pytest_phase "rest of the suite" "$C" test_rest.log 300 "${REST_ARGS[@]}" -- "${REST_TESTS[@]}"

@@ -2,8 +2,9 @@ import os
 import sys
 
 import pytest
-import torch
 
+# python_tests/ itself on sys.path, so that tests in every subfolder import its helper modules
+# (checkpoints, prompts, remask_steps, gptq_checkpoints, cuda_engines) by name
 sys.path.insert(0, os.path.dirname(__file__))
 from checkpoints import write_checkpoint  # noqa: E402
 
@@ -54,10 +55,3 @@ def engines(tmp_path_factory, kernel_impl):
         assert set(eng.kernels.choice.values()) == {kernel_impl}
         out[layout] = (eng, ReferenceModel(cfg, load_state_dict(path, cfg)))
     return out
-
-
-def random_prompt(cfg, batch, length, seed):
-    """Prompt tokens avoiding the mask id."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=g)
-    return torch.where(ids == cfg.mask_token_id, (ids + 1) % cfg.vocab_size, ids)

@@ -5,7 +5,7 @@ the repository, run the tests named for it, and report whether they caught it.
     python tools/mutate.py --list                   # the list, checked against the sources
     python tools/mutate.py 'cpu_remask_*' loop_rng_step_restarts_per_block   # names or globs
     python tools/mutate.py --no-cuda                # only the CPU and Python mutants
-    python tools/mutate.py --deselect python_tests/test_x.py::test_y   # a test failing without mutants
+    python tools/mutate.py --deselect python_tests/ops/test_x.py::test_y   # a test failing without mutants
 
 Run it with the project's venv (it needs torch, pybind11, pytest, cmake and ninja); not part of CI.
 
