@@ -58,8 +58,10 @@ def run_check(tmp_path, *args, **env):
         (stubs / tool).write_text("#!/bin/sh\nexit 0\n")
         (stubs / tool).chmod(0o755)
     out = tmp_path / "out"
-    env = dict(os.environ, GPU_CHECK_DEVICE="cpu", PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(stubs), os.environ.get("PYTHONPATH")])), **env)
+    # PYTHON: the script runs this interpreter (with torch), whatever python3 comes first on PATH
+    env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable,
+           "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(stubs), os.environ.get("PYTHONPATH")])), **env}
     r = subprocess.run(["bash", SCRIPT, *args, str(out)], capture_output=True, text=True, timeout=300, env=env)
     return r, out
 
