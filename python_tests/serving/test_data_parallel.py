@@ -4,9 +4,7 @@
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,15 +15,10 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
 from checkpoints import write_text_checkpoint  # noqa: E402
+from serve_processes import start_serve, stop  # noqa: E402
 from illada_rt import Engine  # noqa: E402
 
 KW = dict(max_tokens=8, extra_body=dict(gen_length=8, block_length=8, steps=8))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,27 +26,14 @@ def served(tmp_path_factory, kernel_impl):
     """(front-end URL, the front end's process, the checkpoint dir) for `serve --data-parallel 2`."""
     path = str(tmp_path_factory.mktemp("dp_text"))
     write_text_checkpoint(path)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "illada_rt.cli", "serve", "--model", path, "--port", str(port),
-                             "--data-parallel", "2", "--served-model-name", "tiny", "--log-level", "warning"],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, "the front end exited while starting"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the front end did not start"
-        time.sleep(0.2)
+    proc, url = start_serve(["--model", path, "--data-parallel", "2", "--served-model-name", "tiny",
+                             "--log-level", "warning"], stdout=None, stderr=None)
     yield url, proc, path
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(60)
     finally:
-        proc.kill()
+        stop(proc)
 
 
 def replicas(url):
@@ -111,22 +91,9 @@ def test_serve_over_two_ranks(tmp_path):
     """`serve --tensor-parallel 2`: the answer one engine gives; SIGTERM stops both ranks, status 0."""
     path = str(tmp_path)
     write_text_checkpoint(path)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "illada_rt.cli", "serve", "--model", path, "--port", str(port),
-                             "--tensor-parallel", "2", "--served-model-name", "tiny", "--log-level", "warning"],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_serve(["--model", path, "--tensor-parallel", "2", "--served-model-name", "tiny",
+                             "--log-level", "warning"], stdout=None, stderr=None)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the server exited while starting"
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
         ranks = _replica_pids(proc.pid)
         assert len(ranks) == 1                                   # rank 1, a process of the server's
         client = openai.OpenAI(base_url=url + "/v1", api_key="none")
@@ -138,4 +105,4 @@ def test_serve_over_two_ranks(tmp_path):
         time.sleep(0.5)
         assert not os.path.exists(f"/proc/{ranks[0]}") or open(f"/proc/{ranks[0]}/stat").read().split()[2] == "Z"
     finally:
-        proc.kill()
+        stop(proc)

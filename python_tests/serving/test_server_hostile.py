@@ -12,8 +12,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
@@ -26,6 +24,7 @@ httpx = pytest.importorskip("httpx")
 from starlette.testclient import TestClient  # noqa: E402
 
 from checkpoints import write_text_checkpoint  # noqa: E402
+from serve_processes import start_serve, stop, wait_for  # noqa: E402
 from illada_rt import Engine  # noqa: E402
 from illada_rt.config import DEMO_MODEL_DIR  # noqa: E402
 from illada_rt.serving import AsyncEngine  # noqa: E402
@@ -74,13 +73,6 @@ def slow_logits(engine, monkeypatch, seconds: float):
     """Every forward of the eager loop (infill, cohorts) takes `seconds` longer."""
     real = engine.model.logits
     monkeypatch.setattr(engine.model, "logits", lambda *a, **k: (time.sleep(seconds), real(*a, **k))[1])
-
-
-def wait_for(condition, seconds: float = 20.0):
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------- 4. bounded cost, checked first
@@ -399,29 +391,13 @@ def test_an_abandoned_infill_does_not_hold_up_the_next_request(engine, monkeypat
 
 
 def test_a_second_ctrl_c_stops_serve_at_once_and_tells_the_client(tmp_path):
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    port_number = port.getsockname()[1]
-    port.close()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "illada_rt", "serve", "--port", str(port_number),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    url = f"http://127.0.0.1:{port_number}"
+    proc, url = start_serve(["--log-level", "warning"])
     answers = []
-
-    def healthy():
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def ask():   # the demo model: 224 steps take several seconds
         answers.append(httpx.post(url + "/v1/completions", json={"prompt": "ROMEO:", "gen_length": 224,
                                                                  "block_length": 32, "steps": 224}, timeout=60))
     try:
-        wait_for(healthy, 120)
         client = threading.Thread(target=ask)
         client.start()
         wait_for(lambda: "illada_active_requests 1" in httpx.get(url + "/metrics").text, 20)
@@ -434,9 +410,7 @@ def test_a_second_ctrl_c_stops_serve_at_once_and_tells_the_client(tmp_path):
         stopped_in = time.monotonic() - t0
         client.join(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert proc.returncode == 130, err
     assert stopped_in < 3.0 and "terminate called" not in err and "Traceback" not in err, err
     assert answers and answers[0].status_code == 503 and answers[0].headers["retry-after"] == "1"

@@ -16,17 +16,11 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from checkpoints import write_text_checkpoint  # noqa: E402
+from serve_processes import ROOT, free_port, start_serve, stop, wait_for  # noqa: E402
 from illada_rt import Engine  # noqa: E402
 from illada_rt.serving import AsyncEngine  # noqa: E402
 from illada_rt.serving.http import create_app  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +33,6 @@ def text_dir(tmp_path_factory, kernel_impl):
 def metric(url: str, name: str) -> float:
     text = httpx.get(url + "/metrics").text
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
-
-
-def wait_for(condition, seconds: float = 20.0):
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def test_client_disconnect_cancels_the_request(text_dir):
@@ -80,27 +67,10 @@ def test_client_disconnect_cancels_the_request(text_dir):
     assert not thread.is_alive()
 
 
-def serve_command() -> list:
-    """`illada-rt serve` through the package's own entry point (this tree, whatever is installed)."""
-    return [sys.executable, "-m", "illada_rt", "serve"]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_answers_and_stops_cleanly_on_a_signal(text_dir, sig):
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(serve_command() + ["--model", text_dir, "--port", str(port), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+    proc, url = start_serve(["--model", text_dir, "--log-level", "warning"])
     try:
-        wait_for(healthy, 120)
         r = httpx.post(url + "/v1/completions", json={"prompt": "w1", "gen_length": 8, "block_length": 8,
                                                      "steps": 8, "seed": 0}, timeout=60)
         assert r.status_code == 200 and r.json()["model"] == os.path.basename(text_dir)
@@ -108,9 +78,7 @@ def test_serve_answers_and_stops_cleanly_on_a_signal(text_dir, sig):
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert proc.returncode == 0, err
     assert f"server stopped ({sig.name})" in err and "Traceback" not in err
 
@@ -119,19 +87,8 @@ def test_serve_cuts_off_stalled_clients_and_caps_connections(text_dir):
     """Raw sockets against `illada-rt serve`: half a request is answered 408 and closed at the
     header deadline, connections beyond --max-connections get 503, /health stays fast."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(serve_command() + ["--model", text_dir, "--port", str(port), "--log-level", "warning",
-                                               "--header-timeout", "1", "--body-timeout", "1",
-                                               "--keep-alive-timeout", "1", "--max-connections", "6"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+    proc, url = start_serve(["--model", text_dir, "--log-level", "warning", "--header-timeout", "1",
+                             "--body-timeout", "1", "--keep-alive-timeout", "1", "--max-connections", "6"], port)
 
     def until_closed(sock: socket.socket) -> bytes:
         sock.settimeout(5)
@@ -140,7 +97,6 @@ def test_serve_cuts_off_stalled_clients_and_caps_connections(text_dir):
             data += chunk
         return data
     try:
-        wait_for(healthy, 120)
         stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
         for s in stalled:
             s.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n")
@@ -157,9 +113,7 @@ def test_serve_cuts_off_stalled_clients_and_caps_connections(text_dir):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in refused.lower()
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers) and waited < 2.5, (answers, waited)
     assert proc.returncode == 0 and "Traceback" not in err, err

@@ -4,10 +4,7 @@ the status or in a stream's error event), errors have OpenAI's shape, and afterw
 server (`illada-rt serve`, a real process) is alive, /health answers within a second and its
 memory has not grown without bound."""
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,8 +17,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings  # noqa: E40
 from hypothesis import strategies as st  # noqa: E402
 
 from checkpoints import write_text_checkpoint  # noqa: E402
+from serve_processes import start_serve, stop  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = 150          # per kernel pass: a few hundred requests per run
 RSS_GROWTH_MIB = 200    # what the server may grow by over them (it measures ~tens of MiB)
 LIMITS = ["--max-prompts-per-request", "4", "--max-gen-length", "32", "--max-steps", "32",
@@ -38,31 +35,14 @@ def server(tmp_path_factory, kernel_impl):
     """(url, process) of `illada-rt serve` on a tiny text checkpoint with small limits."""
     path = str(tmp_path_factory.mktemp("property_text"))
     write_text_checkpoint(path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "illada_rt", "serve", "--model", path, "--port", str(port),
-                             "--log-level", "critical", "--served-model-name", "tiny", *LIMITS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < end, "the server did not start"
-        time.sleep(0.1)
+    proc, url = start_serve(["--model", path, "--log-level", "critical", "--served-model-name", "tiny", *LIMITS],
+                            stdout=subprocess.DEVNULL)
     yield url, proc
     proc.terminate()
     try:
         proc.communicate(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+        stop(proc)
 
 
 # ---------------------------------------------------------------- what a request may hold
