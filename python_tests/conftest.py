@@ -44,12 +44,20 @@ def checkpoint(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def engines(tmp_path_factory, kernel_impl):
-    """layout -> (engine, reference model) in float32 on the CPU, the engine on this pass's kernels."""
+def layout_dirs(tmp_path_factory):
+    """layout -> a float32 checkpoint directory of that tiny layout, written once per session (read only)."""
     out = {}
     for layout in ("llada", "illada"):
-        path = str(tmp_path_factory.mktemp(f"{layout}_eng"))
-        write_checkpoint(path, layout)
+        out[layout] = str(tmp_path_factory.mktemp(f"{layout}_dir"))
+        write_checkpoint(out[layout], layout)
+    return out
+
+
+@pytest.fixture(scope="session")
+def engines(layout_dirs, kernel_impl):
+    """layout -> (engine, reference model) in float32 on the CPU, the engine on this pass's kernels."""
+    out = {}
+    for layout, path in layout_dirs.items():
         cfg = ModelConfig.from_dir(path)
         eng = Engine.from_pretrained(path, kernels=kernel_impl)
         assert set(eng.kernels.choice.values()) == {kernel_impl}

@@ -20,12 +20,8 @@ GROUP = 16
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, kernel_impl):
-    out = {}
-    for layout in ("llada", "illada"):
-        path = str(tmp_path_factory.mktemp(f"qsrc_{layout}"))
-        write_checkpoint(path, layout)
-        out[layout] = path
+def sources(layout_dirs, tmp_path_factory, kernel_impl):
+    out = dict(layout_dirs)
     bf16 = str(tmp_path_factory.mktemp("qsrc_bf16"))
     write_checkpoint(bf16, "illada", dtype=torch.bfloat16)
     out["bf16"] = bf16

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 
-from checkpoints import write_checkpoint
 from prompts import random_prompt
 from illada_rt import Engine, ModelConfig
 from illada_rt.loading import load_state_dict
@@ -20,13 +19,8 @@ FORMATS = ["int8", "int4", "fp8"]
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory, kernel_impl):
-    out = {}
-    for layout in ("llada", "illada"):
-        path = str(tmp_path_factory.mktemp(f"quant_{layout}"))
-        write_checkpoint(path, layout)
-        out[layout] = path
-    return out
+def dirs(layout_dirs, kernel_impl):
+    return layout_dirs
 
 
 def dequantized_reference(path, fmt, quantize_head):
