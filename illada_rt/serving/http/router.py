@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -61,10 +61,13 @@ class Router:
 
     async def forward(self, request: Request) -> Response:
         body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return _error(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error")
+        except ClientDisconnect:          # gone before its request was in: nothing to forward
+            return _error(400, "the client left before its request was complete", "invalid_request_error")
         replica = self.pick()
         if replica is None:
             return _error(503, "no replica is serving", "unavailable", retry_after=5)
@@ -83,7 +86,7 @@ class Router:
 
         async def relay():
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream.aiter_bytes():    # decoded: no content-encoding passes on
                     yield chunk
             except httpx.HTTPError as e:        # the replica died mid-answer: say so in the stream
                 replica.alive()
@@ -155,8 +158,9 @@ def _labelled(sample: str, index: int) -> str:
     return f'{name_labels}{{replica="{index}"}} {value}'
 
 
-def create_router(replicas: List[Replica]) -> Starlette:
-    router = Router(replicas)
+def create_router(replicas: List[Replica], client: Optional[httpx.AsyncClient] = None) -> Starlette:
+    """The front end's app over replicas (client: how it reaches them; default a plain AsyncClient)."""
+    router = Router(replicas) if client is None else Router(replicas, client)
     routes = [Route("/v1/completions", router.forward, methods=["POST"]),
               Route("/v1/chat/completions", router.forward, methods=["POST"]),
               Route("/v1/models", router.models, methods=["GET"]),
