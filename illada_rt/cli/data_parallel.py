@@ -4,7 +4,8 @@ own on a loopback port, behind one front end (serving/http/router.py) on --host/
 On CUDA replica i sees the GPUs [i*N, (i+1)*N) (CUDA_VISIBLE_DEVICES; N = --tensor-parallel,
 default 1) as cuda:0..N-1; on the CPU every replica shares the machine. The front end starts
 once every replica answers /health; SIGINT or SIGTERM stops the front end, then the replicas
-(each gracefully; one still running after 30 s is killed). A replica that dies is reported by /health and /metrics; the others serve on.
+(each gracefully; one still running after 30 s is killed). A replica that dies is reported by
+/health and /metrics; the others serve on.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def replica_command(args, port: int) -> List[str]:
 
 
 def replica_env(args, index: int) -> dict:
+    """Replica index's environment: on CUDA, its own --tensor-parallel GPUs (RuntimeError where the
+    machine has too few for every replica)."""
     env = dict(os.environ)
     if torch.device(args.device).type == "cuda":
         n = args.tensor_parallel
