@@ -29,7 +29,7 @@ class RowState:
     prompt_index: torch.Tensor   # [L] bool: the tokens given (CFG hides them)
     lo: int                      # the row's block span [lo, hi) on its canvas
     hi: int
-    k: int                       # top-k: tokens to transfer this step (unused under the threshold rule)
+    k: int                       # top-k: tokens to transfer this step (not read under the threshold rule)
     nfe: int                     # forwards the row took part in: its RNG step counter
     seed: int
 
@@ -81,7 +81,8 @@ def step_rows(model: LLaDAModel, rows: List[RowState], settings: DenoiseSettings
     # which row_offset = -lo_b restores for the RNG counters
     rule.transfer(logits, block, 0, seeds=as_tensor([r.seed for r in rows]),
                   row_offset=as_tensor([-r.lo for r in rows]), step=as_tensor([r.nfe for r in rows]),
-                  k=as_tensor([r.k for r in rows]), masks_left=masks_left, workspace=workspace)
+                  k=None if settings.threshold is not None else as_tensor([r.k for r in rows]),
+                  masks_left=masks_left, workspace=workspace)
     rule.check_finite(workspace, "in a serving step")
     for b, r in enumerate(rows):
         r.canvas[r.lo:r.hi] = block[b, :r.hi - r.lo]

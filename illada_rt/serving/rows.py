@@ -89,8 +89,8 @@ class RowBatcher:
     def step(self, rows: List[Row]) -> List[int]:
         """One denoising step for every row (each on its current block). Returns masks left [rows]."""
         s = rows[0].request.settings                          # the rows share their sampling settings
-        states = [RowState(r.canvas, r.prompt_index, *r.span, r.schedule[r.step_in_block] if s.threshold is None
-                           else 0, r.nfe, r.request.seed) for r in rows]
+        k = [0 if s.threshold is not None else r.schedule[r.step_in_block] for r in rows]   # top-k only
+        states = [RowState(r.canvas, r.prompt_index, *r.span, k_b, r.nfe, r.request.seed) for r, k_b in zip(rows, k)]
         masks_left = self.engine.step_rows(states, s)
         self.forwards += 1
         for r in rows:
