@@ -128,7 +128,8 @@ def time_runs(run: Callable[[], int], device: torch.device, repeats: int, deadli
 class CollectiveClock:
     """Seconds this process spends inside torch.distributed collectives while active (a tensor-
     parallel engine's all-reduces, vocab-parallel all-gathers and call announcements). On CUDA each
-    collective is synchronized around, so the share is of wall time, slightly perturbed."""
+    collective is synchronized around, so the share is of wall time, slightly perturbed; the
+    collectives inside a replayed CUDA graph are not seen (use_cuda_graphs=false sees them all)."""
 
     def __init__(self, device: torch.device):
         import torch.distributed as dist
@@ -139,6 +140,8 @@ class CollectiveClock:
 
     def _timed(self, fn):
         def run(*args, **kwargs):
+            if is_cuda(self.device) and torch.cuda.is_current_stream_capturing():
+                return fn(*args, **kwargs)     # recorded into a CUDA graph, not run: nothing to time
             synchronize(self.device)
             start = time.perf_counter()
             try:
