@@ -170,6 +170,13 @@ def test_generate_steps_0_is_an_error_not_the_default(text_dir):
                        "--steps", "0"), "steps must be a positive integer")
 
 
+@pytest.mark.parametrize("value,words", [("0", ["tensor_parallel", "positive"]),
+                                         ("3", ["tensor_parallel=3", "must divide the KV heads"])])
+def test_a_bad_tensor_parallel_is_one_line(text_dir, value, words):
+    one_line_error(run("generate", "w1", "--model", text_dir, "--gen-length", "8", "--block-length", "8",
+                       "--tensor-parallel", value), *words)
+
+
 @pytest.mark.parametrize("args,words", [
     (["--gen-length", "0"], ["--gen-length", "positive"]),     # before: ZeroDivisionError in the reference
     (["--batch", "0,1"], ["--batch"]),

@@ -26,7 +26,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-MAX_BODY_BYTES = 1 << 20          # as the replicas' own limit: refused here before any forwarding
+from .app import MAX_BODY_BYTES     # the replicas' own limit: refused here before any forwarding
+from .errors import error_body
+
 HEALTH_TIMEOUT_S = 2.0
 
 
@@ -46,8 +48,7 @@ class Replica:
 
 def _error(status: int, message: str, kind: str, retry_after: Optional[int] = None) -> JSONResponse:
     headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
-                        headers=headers)
+    return JSONResponse(error_body(message, kind, status), status_code=status, headers=headers)
 
 
 @dataclass
@@ -91,8 +92,7 @@ class Router:
             except httpx.HTTPError as e:        # the replica died mid-answer: say so in the stream
                 replica.alive()
                 replica.down = replica.down or f"it stopped answering ({type(e).__name__})"
-                body = {"error": {"message": f"replica {replica.index} failed: {replica.down}",
-                                  "type": "unavailable", "code": 503}}
+                body = error_body(f"replica {replica.index} failed: {replica.down}", "unavailable", 503)
                 yield f"data: {json.dumps(body)}\n\n".encode()
             finally:
                 replica.in_flight -= 1
